@@ -1,0 +1,197 @@
+//! The CLI's HTTP client: address, token and CA trust from the environment,
+//! and errors that say what to do.
+
+use anyhow::{Context, anyhow, bail};
+use clap::Args;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// How to reach a running server; shared by every client command.
+#[derive(Args, Clone, Debug)]
+pub struct Conn {
+    /// Server address
+    #[arg(
+        long,
+        env = "HERALD_ADDR",
+        default_value = "https://127.0.0.1:8443",
+        global = true
+    )]
+    pub addr: String,
+    /// CA certificate to trust [default: ./herald-data/tls/ca.pem]
+    #[arg(long, env = "HERALD_CACERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Print JSON instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+pub struct Client {
+    addr: String,
+    token: String,
+    ca: Option<reqwest::Certificate>,
+    http: reqwest::Client,
+}
+
+fn token_from_env() -> anyhow::Result<String> {
+    std::env::var("HERALD_TOKEN")
+        .or_else(|_| std::env::var("HERALD_ADMIN_TOKEN"))
+        .map_err(|_| {
+            anyhow!("no token: export HERALD_TOKEN=<the admin token `herald serve` printed at first start>")
+        })
+}
+
+impl Client {
+    pub fn new(conn: &Conn) -> anyhow::Result<Self> {
+        let token = token_from_env()?;
+        let ca_path = conn
+            .ca_cert
+            .clone()
+            .or_else(|| Some(PathBuf::from("herald-data/tls/ca.pem")).filter(|p| p.exists()));
+        let ca = match &ca_path {
+            Some(p) => Some(
+                reqwest::Certificate::from_pem(
+                    &std::fs::read(p)
+                        .with_context(|| format!("cannot read CA file {}", p.display()))?,
+                )
+                .with_context(|| format!("{} is not a PEM certificate", p.display()))?,
+            ),
+            None => None,
+        };
+        let http = builder(&ca).build()?;
+        Ok(Self {
+            addr: conn.addr.trim_end_matches('/').to_owned(),
+            token,
+            ca,
+            http,
+        })
+    }
+
+    /// Calls the management API.
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.addr);
+        send(&self.http, &self.addr, method, &url, &self.token, body).await
+    }
+
+    /// A client bound to one vault's host, the way Key Vault clients address it.
+    pub async fn vault(&self, name: &str) -> anyhow::Result<VaultClient> {
+        let info = self
+            .api(Method::GET, &format!("/api/v1/vaults/{name}"), None)
+            .await?;
+        let uri = info["vaultUri"]
+            .as_str()
+            .ok_or_else(|| anyhow!("server returned no vaultUri for vault {name}"))?
+            .to_owned();
+        let mut b = builder(&self.ca);
+        // `*.localhost` names may not resolve here; send them to the server we reach.
+        let host = reqwest::Url::parse(&uri)?
+            .host_str()
+            .unwrap_or_default()
+            .to_owned();
+        if host.ends_with(".localhost") {
+            let server = reqwest::Url::parse(&self.addr)?;
+            let port = server.port_or_known_default().unwrap_or(443);
+            let target = server
+                .host_str()
+                .unwrap_or("127.0.0.1")
+                .trim_matches(['[', ']']);
+            if let Some(addr) = tokio::net::lookup_host((target, port)).await?.next() {
+                b = b.resolve(&host, addr);
+            }
+        }
+        Ok(VaultClient {
+            uri,
+            token: self.token.clone(),
+            http: b.build()?,
+        })
+    }
+}
+
+fn builder(ca: &Option<reqwest::Certificate>) -> reqwest::ClientBuilder {
+    let mut b = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(60));
+    if let Some(c) = ca {
+        b = b.add_root_certificate(c.clone());
+    }
+    b
+}
+
+pub struct VaultClient {
+    pub uri: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+pub const API_VERSION: &str = "7.6";
+
+impl VaultClient {
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let sep = if path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let url = format!("{}{path_and_query}{sep}api-version={API_VERSION}", self.uri);
+        send(&self.http, &self.uri, method, &url, &self.token, body).await
+    }
+}
+
+async fn send(
+    http: &reqwest::Client,
+    addr: &str,
+    method: Method,
+    url: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
+    let mut req = http.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req.send().await.map_err(|e| explain_transport(e, addr))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if status.is_success() {
+        return Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).context("server sent invalid JSON")?
+        });
+    }
+    let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let code = parsed["error"]["code"].as_str().unwrap_or("Error");
+    let msg = parsed["error"]["message"].as_str().unwrap_or(text.as_str());
+    let hint = match status {
+        StatusCode::UNAUTHORIZED => {
+            "\nhint: export HERALD_TOKEN=<admin token printed by `herald serve` at first start>"
+        }
+        _ => "",
+    };
+    bail!("{code} ({status}): {msg}{hint}")
+}
+
+fn explain_transport(e: reqwest::Error, addr: &str) -> anyhow::Error {
+    let text = format!("{e:?}");
+    if text.contains("certificate") || text.contains("UnknownIssuer") {
+        anyhow!(
+            "TLS: the server's certificate is not trusted. Point HERALD_CACERT (or --ca-cert) at DATA_DIR/tls/ca.pem"
+        )
+    } else if e.is_connect() {
+        anyhow!(
+            "cannot reach Herald at {addr}: is `herald serve` running? Set HERALD_ADDR to its address"
+        )
+    } else {
+        anyhow!("request to {addr} failed: {e}")
+    }
+}

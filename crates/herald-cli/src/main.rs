@@ -1,0 +1,72 @@
+//! `herald`: the server and a CLI over its API.
+
+mod client;
+mod output;
+mod secret;
+mod serve;
+mod vault;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Self-hosted event-driven automation: vault, router, hubs and automation in one binary."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Herald server (zero configuration: ./herald-data, https://127.0.0.1:8443).
+    Serve(serve::ServeArgs),
+    /// Manage vaults (create, list, show, delete).
+    #[command(subcommand)]
+    Vault(vault::VaultCmd),
+    /// Read and write secrets in a vault.
+    #[command(subcommand)]
+    Secret(secret::SecretCmd),
+    /// Print shell completions: herald completions bash|zsh|fish.
+    Completions { shell: clap_complete::Shell },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Vault(cmd) => vault::run(cmd).await,
+            Command::Secret(cmd) => secret::run(cmd).await,
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "herald",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! `herald secret ...`: the Key Vault data plane from the shell.
+
+use crate::client::{Client, Conn};
+use crate::output;
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+use std::io::Read;
+
+#[derive(Args, Clone)]
+pub struct Target {
+    /// Vault holding the secret
+    #[arg(long, env = "HERALD_VAULT", default_value = "default", global = true)]
+    vault: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct Meta {
+    /// Content type, e.g. text/plain
+    #[arg(long)]
+    content_type: Option<String>,
+    /// Tag as KEY=VALUE (repeatable)
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+    /// Expiry: RFC 3339, unix seconds, or relative like +30d
+    #[arg(long)]
+    expires: Option<String>,
+    /// Not-before: RFC 3339, unix seconds, or relative like +1h
+    #[arg(long)]
+    not_before: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum SecretCmd {
+    /// Set a secret (creates a new version). VALUE "-" reads stdin.
+    Set {
+        name: String,
+        value: String,
+        #[command(flatten)]
+        meta: Meta,
+        /// Create the version disabled
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print a secret's value (latest version unless --version)
+    Get {
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show a secret's attributes without its value
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List secrets (latest version of each)
+    List {
+        /// List soft-deleted secrets instead
+        #[arg(long)]
+        deleted: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List a secret's versions
+    Versions {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Update attributes, tags or content type of a version
+    Update {
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+        /// Enable or disable the version
+        #[arg(long)]
+        enabled: Option<bool>,
+        #[command(flatten)]
+        meta: Meta,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Soft-delete a secret (all versions); recover or purge it later
+    Delete {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Recover a soft-deleted secret
+    Recover {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Permanently remove a soft-deleted secret
+    Purge {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+fn body_meta(
+    meta: &Meta,
+    body: &mut Map<String, Value>,
+    enabled: Option<bool>,
+) -> anyhow::Result<()> {
+    if let Some(ct) = &meta.content_type {
+        body.insert("contentType".into(), json!(ct));
+    }
+    if !meta.tags.is_empty() {
+        let mut tags = Map::new();
+        for t in &meta.tags {
+            let (k, v) = t
+                .split_once('=')
+                .with_context(|| format!("bad --tag '{t}': use KEY=VALUE"))?;
+            tags.insert(k.into(), json!(v));
+        }
+        body.insert("tags".into(), Value::Object(tags));
+    }
+    let mut attrs = Map::new();
+    if let Some(e) = &meta.expires {
+        attrs.insert("exp".into(), json!(output::parse_time(e)?));
+    }
+    if let Some(n) = &meta.not_before {
+        attrs.insert("nbf".into(), json!(output::parse_time(n)?));
+    }
+    if let Some(e) = enabled {
+        attrs.insert("enabled".into(), json!(e));
+    }
+    if !attrs.is_empty() {
+        body.insert("attributes".into(), Value::Object(attrs));
+    }
+    Ok(())
+}
+
+fn version_of(v: &Value) -> String {
+    v["id"]
+        .as_str()
+        .and_then(|id| id.rsplit('/').next())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+fn name_of(v: &Value) -> String {
+    let id = v["id"].as_str().unwrap_or_default();
+    let mut parts = id
+        .split('/')
+        .skip_while(|p| *p != "secrets" && *p != "deletedsecrets")
+        .skip(1);
+    parts.next().unwrap_or("-").to_owned()
+}
+
+fn show(conn: &Conn, v: &Value) {
+    if conn.json {
+        return output::json(v);
+    }
+    let a = &v["attributes"];
+    let mut rows = vec![
+        vec!["id".into(), output::s(&v["id"])],
+        vec!["enabled".into(), output::s(&a["enabled"])],
+        vec!["content type".into(), output::s(&v["contentType"])],
+        vec!["not before".into(), output::ts(&a["nbf"])],
+        vec!["expires".into(), output::ts(&a["exp"])],
+        vec!["created".into(), output::ts(&a["created"])],
+        vec!["updated".into(), output::ts(&a["updated"])],
+        vec!["recovery level".into(), output::s(&a["recoveryLevel"])],
+        vec!["tags".into(), output::s(&v["tags"])],
+    ];
+    if v.get("recoveryId").is_some() {
+        rows.push(vec!["recovery id".into(), output::s(&v["recoveryId"])]);
+        rows.push(vec!["deleted".into(), output::ts(&v["deletedDate"])]);
+        rows.push(vec![
+            "scheduled purge".into(),
+            output::ts(&v["scheduledPurgeDate"]),
+        ]);
+    }
+    output::table(&["FIELD", "VALUE"], rows);
+}
+
+/// Follows nextLink until the listing ends.
+async fn list_all(vc: &crate::client::VaultClient, path: &str) -> anyhow::Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut page = vc.call(Method::GET, path, None).await?;
+    loop {
+        items.extend(page["value"].as_array().cloned().unwrap_or_default());
+        let Some(next) = page["nextLink"].as_str().filter(|s| !s.is_empty()) else {
+            return Ok(items);
+        };
+        let url = reqwest::Url::parse(next)?;
+        let query: Vec<String> = url
+            .query_pairs()
+            .filter(|(k, _)| k != "api-version")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        page = vc
+            .call(
+                Method::GET,
+                &format!("{}?{}", url.path(), query.join("&")),
+                None,
+            )
+            .await?;
+    }
+}
+
+pub async fn run(cmd: SecretCmd) -> anyhow::Result<()> {
+    match cmd {
+        SecretCmd::Set {
+            name,
+            value,
+            meta,
+            disabled,
+            target,
+        } => {
+            let value = if value == "-" {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                s.trim_end_matches('\n').to_owned()
+            } else {
+                value
+            };
+            let mut body = Map::new();
+            body.insert("value".into(), json!(value));
+            body_meta(&meta, &mut body, disabled.then_some(false))?;
+            let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
+            let mut v = vc
+                .call(
+                    Method::PUT,
+                    &format!("/secrets/{name}"),
+                    Some(&Value::Object(body)),
+                )
+                .await?;
+            if let Some(o) = v.as_object_mut() {
+                o.remove("value");
+            }
+            if target.conn.json {
+                output::json(&v);
+            } else {
+                println!(
+                    "Set {name} version {} in vault {}.",
+                    version_of(&v),
+                    target.vault
+                );
+            }
+        }
+        SecretCmd::Get {
+            name,
+            version,
+            target,
+        } => {
+            let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
+            let v = vc
+                .call(
+                    Method::GET,
+                    &format!("/secrets/{name}/{}", version.unwrap_or_default()),
+                    None,
+                )
+                .await?;
+            if target.conn.json {
+                output::json(&v);
+            } else {
+                println!("{}", v["value"].as_str().unwrap_or_default());
+            }
+        }
+        SecretCmd::Show {
+            name,
+            version,
+            target,
+        } => {
+            let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
+            let mut v = vc
+                .call(
+                    Method::GET,
+                    &format!("/secrets/{name}/{}", version.unwrap_or_default()),
+                    None,
+                )
+                .await?;
+            if let Some(o) = v.as_object_mut() {
+                o.remove("value");
+            }
+            show(&target.conn, &v);
+        }
+        SecretCmd::List { deleted, target } => {
+            let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
+            let path = if deleted {
+                "/deletedsecrets?maxresults=25"
+            } else {
+                "/secrets?maxresults=25"
+            };
+            let items = list_all(&vc, path).await?;
+            if target.conn.json {
+                return Ok(output::json(&json!(items)));
+            }
+            if deleted {
+                output::table(
+                    &["NAME", "DELETED", "SCHEDULED PURGE"],
+                    items
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                name_of(i),
+                                output::ts(&i["deletedDate"]),
+                                output::ts(&i["scheduledPurgeDate"]),
+                            ]
+                        })
+                        .collect(),
+                );
+            } else {
+                output::table(
+                    &["NAME", "ENABLED", "EXPIRES", "UPDATED", "CONTENT TYPE"],
+                    items
+                        .iter()
+                        .map(|i| {
+                            let a = &i["attributes"];
+                            vec![
+                                name_of(i),
+                                output::s(&a["enabled"]),
+                                output::ts(&a["exp"]),
+                                output::ts(&a["updated"]),
+                                output::s(&i["contentType"]),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        SecretCmd::Versions { name, target } => {
+            let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
+            let items = list_all(&vc, &format!("/secrets/{name}/versions?maxresults=25")).await?;
+            if target.conn.json {
+                return Ok(output::json(&json!(items)));
+            }
+            output::table(
+                &["VERSION", "ENABLED", "CREATED", "EXPIRES"],
+                items
+                    .iter()
+                    .map(|i| {
+                        let a = &i["attributes"];
+                        vec![
+                            version_of(i),
+                            output::s(&a["enabled"]),
+                            output::ts(&a["created"]),
+                            output::ts(&a["exp"]),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        SecretCmd::Update {
+            name,
+            version,
+            enabled,
+            meta,
+            target,
+        } => {
+            let mut body = Map::new();
+            body_meta(&meta, &mut body, enabled)?;
+            if body.is_empty() {
+                bail!(
+                    "nothing to update: pass --enabled, --expires, --not-before, --content-type or --tag"
+                );
+            }
+            let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
+            let v = vc
+                .call(
+                    Method::PATCH,
+                    &format!("/secrets/{name}/{}", version.unwrap_or_default()),
+                    Some(&Value::Object(body)),
+                )
+                .await?;
+            show(&target.conn, &v);
+        }
+        SecretCmd::Delete { name, target } => {
+            let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
+            let v = vc
+                .call(Method::DELETE, &format!("/secrets/{name}"), None)
+                .await?;
+            if target.conn.json {
+                output::json(&v);
+            } else {
+                println!(
+                    "Deleted {name}. It can be recovered until {} with: herald secret recover {name} --vault {}",
+                    output::ts(&v["scheduledPurgeDate"]),
+                    target.vault
+                );
+            }
+        }
+        SecretCmd::Recover { name, target } => {
+            let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
+            let v = vc
+                .call(
+                    Method::POST,
+                    &format!("/deletedsecrets/{name}/recover"),
+                    None,
+                )
+                .await?;
+            if target.conn.json {
+                output::json(&v);
+            } else {
+                println!("Recovered {name}.");
+            }
+        }
+        SecretCmd::Purge { name, target } => {
+            let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
+            vc.call(Method::DELETE, &format!("/deletedsecrets/{name}"), None)
+                .await?;
+            if !target.conn.json {
+                println!("Purged {name}; it cannot be recovered.");
+            }
+        }
+    }
+    Ok(())
+}

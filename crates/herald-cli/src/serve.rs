@@ -1,0 +1,145 @@
+//! `herald serve`.
+
+use anyhow::Context;
+use clap::Args;
+use herald_server::{Config, Server};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Every setting can also come from the config file or a HERALD_* variable
+/// (e.g. HERALD_DATA_DIR); flags win over both.
+#[derive(Args, Serialize, Default)]
+pub struct ServeArgs {
+    /// TOML config file [env: HERALD_CONFIG] [default: ./herald.toml if present]
+    #[arg(long, env = "HERALD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Data directory for the embedded database, TLS files and master key [default: ./herald-data]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTPS listen address [default: 127.0.0.1:8443]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Storage URL [default: sqlite://DATA_DIR/herald.db]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// normal (survives a crash) or full (also fsync per commit) [default: normal]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durability: Option<String>,
+    /// Parent domain of vault hosts: vault NAME is served at NAME.VAULT_BASE [default: vault.localhost]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vault_base: Option<String>,
+    /// Port written into ids and event URLs, when clients reach Herald through another port
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_port: Option<u16>,
+    /// PEM certificate chain to serve instead of the generated one (needs --tls-key)
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// How often expiry events and scheduled purges are checked, in ms [default: 1000]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle_interval_ms: Option<u64>,
+    /// Near-expiry window of the default vault, in seconds [default: 2592000 = 30 days]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub near_expiry_window_secs: Option<i64>,
+    /// ARM subscription id stamped on event topics [default: 00000000-0000-0000-0000-000000000000]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription_id: Option<String>,
+    /// ARM resource group stamped on event topics [default: herald]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
+    /// Log format: text or json [default: text]; level via RUST_LOG
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    // Secrets are read from the environment only (HERALD_ADMIN_TOKEN,
+    // HERALD_MASTER_KEY) so they never show up in `ps`.
+}
+
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,rustls=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref(), &args)?;
+    init_logging(&config.log_format);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: is another server using it? Pick another with --listen",
+                config.listen
+            )
+        })?;
+    let server = Server::build(config, listener).await?;
+    let info = server.info.clone();
+    println!("Herald is running at {}", info.url);
+    println!("  data dir:       {}", info.data_dir.display());
+    println!("  storage:        {}", info.storage);
+    if let Some(ca) = &info.ca_path {
+        println!(
+            "  CA certificate: {}  (trust this file, e.g. REQUESTS_CA_BUNDLE or connection_verify)",
+            ca.display()
+        );
+    }
+    println!("  default vault:  {}", info.default_vault_uri);
+    println!("  tenant id:      {}", info.tenant_id);
+    if let Some(t) = &info.generated_admin_token {
+        println!();
+        println!("  Admin token (shown once, stored only as a hash):");
+        println!("    {t}");
+        println!("  export HERALD_TOKEN={t}");
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    server.serve(shutdown).await
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

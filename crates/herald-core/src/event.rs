@@ -1,0 +1,146 @@
+//! The Event Grid envelope and the system events Herald's services emit.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Where ARM-shaped resource ids are rooted: `/subscriptions/{sub}/resourceGroups/{rg}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmScope {
+    pub subscription_id: String,
+    pub resource_group: String,
+}
+
+impl Default for ArmScope {
+    fn default() -> Self {
+        Self {
+            subscription_id: "00000000-0000-0000-0000-000000000000".into(),
+            resource_group: "herald".into(),
+        }
+    }
+}
+
+impl ArmScope {
+    pub fn vault_topic(&self, vault: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.KeyVault/vaults/{vault}",
+            self.subscription_id, self.resource_group
+        )
+    }
+}
+
+/// An event in the Event Grid schema, as stored in the event log and delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventGridEvent {
+    pub id: String,
+    pub topic: String,
+    pub subject: String,
+    pub event_type: String,
+    pub event_time: String,
+    pub data: Value,
+    pub data_version: String,
+    pub metadata_version: String,
+}
+
+/// Event Grid stamps UTC with seven fractional digits (`2019-07-25T01:08:33.1036736Z`).
+pub fn event_time(at: DateTime<Utc>) -> String {
+    let base = at.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let ticks = at.timestamp_subsec_nanos() / 100;
+    format!("{}.{ticks:07}Z", base.trim_end_matches('Z'))
+}
+
+/// The three secret lifecycle facts a vault reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretEventKind {
+    NewVersionCreated,
+    NearExpiry,
+    Expired,
+}
+
+impl SecretEventKind {
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Self::NewVersionCreated => "Microsoft.KeyVault.SecretNewVersionCreated",
+            Self::NearExpiry => "Microsoft.KeyVault.SecretNearExpiry",
+            Self::Expired => "Microsoft.KeyVault.SecretExpired",
+        }
+    }
+}
+
+/// What a Key Vault event says about one secret version.
+pub struct SecretEventSubject<'a> {
+    pub vault: &'a str,
+    /// Versioned object URL, `https://{vault-host}/secrets/{name}/{version}`.
+    pub object_url: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
+}
+
+/// Builds a Key Vault secret event with the exact PascalCase `data` keys.
+pub fn secret_event(
+    scope: &ArmScope,
+    kind: SecretEventKind,
+    s: &SecretEventSubject<'_>,
+    at: DateTime<Utc>,
+) -> EventGridEvent {
+    EventGridEvent {
+        id: uuid::Uuid::new_v4().to_string(),
+        topic: scope.vault_topic(s.vault),
+        subject: s.name.to_owned(),
+        event_type: kind.event_type().to_owned(),
+        event_time: event_time(at),
+        data: json!({
+            "Id": s.object_url,
+            "VaultName": s.vault,
+            "ObjectType": "Secret",
+            "ObjectName": s.name,
+            "Version": s.version,
+            "NBF": s.nbf,
+            "EXP": s.exp,
+        }),
+        data_version: "1".into(),
+        metadata_version: "1".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn event_time_has_seven_digits() {
+        let at = Utc.timestamp_opt(1_564_016_913, 103_673_600).unwrap();
+        assert_eq!(event_time(at), "2019-07-25T01:08:33.1036736Z");
+    }
+
+    #[test]
+    fn secret_event_shape() {
+        let scope = ArmScope::default();
+        let e = secret_event(
+            &scope,
+            SecretEventKind::NearExpiry,
+            &SecretEventSubject {
+                vault: "kv",
+                object_url: "https://kv.vault.localhost:8443/secrets/n/v",
+                name: "n",
+                version: "v",
+                nbf: None,
+                exp: Some(5),
+            },
+            Utc::now(),
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["eventType"], "Microsoft.KeyVault.SecretNearExpiry");
+        assert_eq!(v["data"]["EXP"], 5);
+        assert!(v["data"]["NBF"].is_null());
+        assert_eq!(v["dataVersion"], "1");
+        assert_eq!(
+            v["topic"],
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/herald/providers/Microsoft.KeyVault/vaults/kv"
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! Herald's domain types. Everything here is pure: no I/O, no clocks read
+//! implicitly, so the rules can be tested in isolation and reused by every
+//! service crate and both storage engines.
+
+pub mod event;
+pub mod id;
+pub mod name;
+pub mod vault;
+
+pub use event::{ArmScope, EventGridEvent};
+pub use id::{SecretVersion, new_token};
+pub use name::{NameError, SecretName, VaultName};

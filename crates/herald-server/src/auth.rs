@@ -1,0 +1,160 @@
+//! Bearer-token authentication.
+//!
+//! Tokens are random 256-bit strings, so they are stored and looked up by
+//! SHA-256 digest: the digest is all a timing side channel could reveal,
+//! and the final comparison is constant time anyway.
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use herald_storage::TokenRecord;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Remembers valid tokens briefly so hot paths skip the database.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: RwLock<HashMap<String, (TokenRecord, Instant)>>,
+}
+
+const TOKEN_TTL: Duration = Duration::from_secs(30);
+
+impl TokenCache {
+    fn get(&self, hash: &str) -> Option<TokenRecord> {
+        let map = self.entries.read().ok()?;
+        let (rec, at) = map.get(hash)?;
+        (at.elapsed() < TOKEN_TTL).then(|| rec.clone())
+    }
+
+    fn put(&self, hash: String, rec: TokenRecord) {
+        if let Ok(mut map) = self.entries.write() {
+            if map.len() > 10_000 {
+                map.clear();
+            }
+            map.insert(hash, (rec, Instant::now()));
+        }
+    }
+}
+
+/// Who made the request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub TokenRecord);
+
+fn bearer(req: &Request) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Option<TokenRecord>, ApiError> {
+    let hash = hash_token(token);
+    if let Some(rec) = state.tokens.get(&hash) {
+        return Ok(Some(rec));
+    }
+    let found = state
+        .storage
+        .token_by_hash(&hash)
+        .await
+        .map_err(|e| ApiError::internal("looking up a token", e))?;
+    if let Some(rec) = &found {
+        // Equal by construction of the lookup; kept explicit and constant time.
+        if !bool::from(hash.as_bytes().ct_eq(hash_token(token).as_bytes())) {
+            return Ok(None);
+        }
+        state.tokens.put(hash, rec.clone());
+    }
+    Ok(found)
+}
+
+/// Guards the vault data plane with Key Vault's challenge flow: any request
+/// without a valid token gets the 401 the SDK needs, before any validation.
+pub async fn vault_auth(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    // Owned values only: the request body is not Sync, so no borrow of the
+    // request may live across an await.
+    let authority = req_authority(&req, &state);
+    let challenge = || {
+        format!(
+            "Bearer authorization=\"https://{authority}/{}\", resource=\"https://{authority}\"",
+            state.tenant_id
+        )
+    };
+    let Some(token) = bearer(&req).map(str::to_owned) else {
+        let mut e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "AKV10000: Request is missing a Bearer or PoP token.",
+        );
+        e.challenge = Some(challenge());
+        return Err(e);
+    };
+    match authenticate(&state, &token).await? {
+        Some(rec) => {
+            req.extensions_mut().insert(Caller(rec));
+            Ok(next.run(req).await)
+        }
+        None => {
+            let mut e = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "AKV10022: The bearer token is not valid for this Herald server.",
+            );
+            e.challenge = Some(challenge());
+            Err(e)
+        }
+    }
+}
+
+/// `{vault_base}:{port}` as the client addressed us, the parent domain the
+/// SDK's resource check needs.
+fn req_authority(req: &Request, state: &AppState) -> String {
+    let port = crate::api::host_of(req).and_then(|h| h.rsplit_once(':').map(|(_, p)| p.to_owned()));
+    match port {
+        Some(p) if p != "443" => format!("{}:{p}", state.config.vault_base),
+        _ => state.config.vault_base.clone(),
+    }
+}
+
+/// Guards the management API: admin tokens only.
+pub async fn admin_auth(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", m);
+    let Some(token) = bearer(&req).map(str::to_owned) else {
+        return Err(unauthorized(
+            "Missing bearer token. Send 'Authorization: Bearer <admin token>' (the CLI reads HERALD_TOKEN).",
+        ));
+    };
+    match authenticate(&state, &token).await? {
+        Some(rec) if rec.role == "admin" => {
+            req.extensions_mut().insert(Caller(rec));
+            Ok(next.run(req).await)
+        }
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "This token may not use the management API; use an admin token.",
+        )),
+        None => Err(unauthorized(
+            "The bearer token is not valid for this Herald server. Check HERALD_TOKEN.",
+        )),
+    }
+}

@@ -1,0 +1,191 @@
+//! Configuration in layers: built-in defaults, then a TOML file, then
+//! `HERALD_*` environment variables, then command-line flags.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where the embedded database, TLS material and master key live.
+    pub data_dir: PathBuf,
+    /// Address of the HTTPS listener.
+    pub listen: SocketAddr,
+    /// Storage URL; empty means embedded SQLite in the data dir.
+    pub database: Option<String>,
+    /// `normal` survives a process crash; `full` also fsyncs every commit.
+    pub durability: String,
+    /// Parent domain of vault hosts: vault `payments` is `payments.{vault_base}`.
+    pub vault_base: String,
+    /// Port written into ids and event URLs; defaults to the bound port.
+    pub public_port: Option<u16>,
+    /// Initial admin token (HERALD_ADMIN_TOKEN); generated when unset.
+    pub admin_token: Option<String>,
+    /// Base64 master key (HERALD_MASTER_KEY); else DATA_DIR/master.key.
+    pub master_key: Option<String>,
+    /// PEM certificate chain and key to serve instead of the generated ones.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How often expiry events and scheduled purges are checked, in ms.
+    pub lifecycle_interval_ms: u64,
+    /// Near-expiry window of the default vault, in seconds.
+    pub near_expiry_window_secs: i64,
+    /// ARM scope stamped on event topics.
+    pub subscription_id: String,
+    pub resource_group: String,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let scope = herald_core::ArmScope::default();
+        Self {
+            data_dir: PathBuf::from("herald-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            database: None,
+            durability: "normal".into(),
+            vault_base: "vault.localhost".into(),
+            public_port: None,
+            admin_token: None,
+            master_key: None,
+            tls_cert: None,
+            tls_key: None,
+            lifecycle_interval_ms: 1000,
+            near_expiry_window_secs: herald_core::vault::DEFAULT_NEAR_EXPIRY_SECS,
+            subscription_id: scope.subscription_id,
+            resource_group: scope.resource_group,
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+}
+
+impl Config {
+    /// Loads defaults < `file` (or `herald.toml` if present) < env < `overrides`.
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) => {
+                if !f.exists() {
+                    return Err(ConfigError::Invalid(format!(
+                        "config file {} does not exist",
+                        f.display()
+                    )));
+                }
+                fig = fig.merge(Toml::file(f));
+            }
+            None => fig = fig.merge(Toml::file("herald.toml")),
+        }
+        // HERALD_ADDR/HERALD_TOKEN/HERALD_CONFIG belong to the CLI, not the server.
+        let env = Env::prefixed("HERALD_").ignore(&["addr", "token", "config", "cacert"]);
+        let cfg: Config = fig
+            .merge(env)
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !matches!(self.durability.as_str(), "normal" | "full") {
+            return bad(format!(
+                "durability must be 'normal' or 'full', got '{}'",
+                self.durability
+            ));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad(format!(
+                "log_format must be 'text' or 'json', got '{}'",
+                self.log_format
+            ));
+        }
+        if self.vault_base.is_empty()
+            || !self
+                .vault_base
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return bad(format!(
+                "vault_base '{}' is not a valid domain name",
+                self.vault_base
+            ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert and tls_key must be set together".into());
+        }
+        if self.lifecycle_interval_ms == 0 {
+            return bad("lifecycle_interval_ms must be at least 1".into());
+        }
+        if self.near_expiry_window_secs < 0 {
+            return bad("near_expiry_window_secs must not be negative".into());
+        }
+        if let Some(t) = &self.admin_token
+            && t.len() < 16
+        {
+            return bad("admin_token (HERALD_ADMIN_TOKEN) must be at least 16 characters".into());
+        }
+        if let Some(db) = &self.database
+            && !db.starts_with("sqlite://")
+        {
+            return bad(format!(
+                "database '{db}' is not supported by this build: use sqlite://PATH (PostgreSQL support is planned)"
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("herald.db").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_and_validation() {
+        #[derive(Serialize)]
+        struct Flags {
+            durability: &'static str,
+        }
+        let c = Config::load(None, Flags { durability: "full" }).unwrap();
+        assert_eq!(c.durability, "full");
+        assert!(Config::load(None, Flags { durability: "fast" }).is_err());
+        let dir = tempfile_dir();
+        let f = dir.join("h.toml");
+        std::fs::write(
+            &f,
+            "vault_base = \"kv.internal\"\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        #[derive(Serialize)]
+        struct None_ {}
+        let c = Config::load(Some(&f), None_ {}).unwrap();
+        assert_eq!(c.vault_base, "kv.internal");
+        assert_eq!(c.listen.port(), 9000);
+        std::fs::write(&f, "listen = \"nope\"\n").unwrap();
+        assert!(Config::load(Some(&f), None_ {}).is_err());
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("herald-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

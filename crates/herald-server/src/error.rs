@@ -1,0 +1,154 @@
+//! The one API error type. Client mistakes become 4xx with the Azure error
+//! body; internal faults are logged with their cause and answered with an
+//! opaque 500 that never carries internal detail.
+
+use axum::Json;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use herald_vault::VaultError;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub inner: Option<&'static str>,
+    /// `WWW-Authenticate` value for 401s on the vault API.
+    pub challenge: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            inner: None,
+            challenge: None,
+        }
+    }
+
+    pub fn bad_parameter(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadParameter", message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn with_inner(mut self, inner: &'static str) -> Self {
+        self.inner = Some(inner);
+        self
+    }
+
+    /// Logs the cause and returns the opaque 500.
+    pub fn internal(context: &str, cause: impl std::fmt::Display) -> Self {
+        let reference = uuid::Uuid::new_v4();
+        tracing::error!(%reference, error = %cause, "internal error while {context}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!(
+                "An internal error occurred (reference {reference}). Retry the request; if it keeps failing, look for this reference in the server log."
+            ),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(inner) = self.inner {
+            error["innererror"] = json!({ "code": inner });
+        }
+        let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(c) = self.challenge
+            && let Ok(v) = HeaderValue::from_str(&c)
+        {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        let msg = e.to_string();
+        match e {
+            VaultError::SecretNotFound(_) | VaultError::DeletedSecretNotFound(_) => {
+                Self::not_found("SecretNotFound", msg)
+            }
+            VaultError::Disabled => {
+                Self::new(StatusCode::FORBIDDEN, "Forbidden", msg).with_inner("SecretDisabled")
+            }
+            VaultError::DeletedButRecoverable(_) => {
+                Self::new(StatusCode::CONFLICT, "Conflict", msg)
+                    .with_inner("ObjectIsDeletedButRecoverable")
+            }
+            VaultError::RestoreConflict(_) => Self::new(StatusCode::CONFLICT, "Conflict", msg),
+            VaultError::PurgeProtected(_) => Self::new(StatusCode::FORBIDDEN, "Forbidden", msg),
+            VaultError::BadParameter(_) => Self::bad_parameter(msg),
+            VaultError::VaultNotFound(_) => Self::not_found("VaultNotFound", msg),
+            VaultError::VaultExists(_) => {
+                Self::new(StatusCode::CONFLICT, "VaultAlreadyExists", msg)
+            }
+            VaultError::Internal(cause) => {
+                Self::internal("serving a vault request", format!("{cause:#}"))
+            }
+        }
+    }
+}
+
+/// A JSON body parsed with Azure-shaped errors: 413 past the body limit,
+/// 400 for malformed JSON. The message never echoes body content, which
+/// may hold a secret value.
+pub struct AzJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AzJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "RequestEntityTooLarge",
+                        "The request body is larger than this endpoint accepts.",
+                    )
+                } else {
+                    ApiError::bad_parameter("The request body could not be read.")
+                }
+            })?;
+        parse_json(&bytes).map(AzJson)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_parameter(
+            "The request body is empty; a JSON object is required.",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "is not valid JSON"
+            }
+            _ => "does not match the expected shape",
+        };
+        // serde's text names fields and types; strip any quoted input value.
+        let detail = e.to_string();
+        let detail = match detail.find('"') {
+            Some(_) if detail.starts_with("invalid") => {
+                format!("line {} column {}", e.line(), e.column())
+            }
+            _ => detail,
+        };
+        ApiError::bad_parameter(format!("The request body {what}: {detail}"))
+    })
+}

@@ -1,0 +1,239 @@
+//! Start-up and the HTTPS accept loop.
+
+use crate::api;
+use crate::auth::{TokenCache, hash_token};
+use crate::config::Config;
+use crate::state::{AppState, VaultCache};
+use anyhow::Context;
+use herald_core::ArmScope;
+use herald_core::vault::VaultSettings;
+use herald_storage::{Durability, TokenRecord};
+use herald_vault::{MasterKey, VaultService, VaultUrls};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// What start-up produced, for the CLI to print once.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub ca_path: Option<PathBuf>,
+    /// Set only when a token was generated now; shown once, stored hashed.
+    pub generated_admin_token: Option<String>,
+    pub default_vault_uri: String,
+    pub tenant_id: String,
+    pub storage: &'static str,
+}
+
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    tls: TlsAcceptor,
+    pub info: StartInfo,
+}
+
+const KEY_CHECK: &str = "master_key_check";
+
+impl Server {
+    /// Prepares everything (data dir, storage, keys, TLS) on an already-bound
+    /// listener, so tests can bind port 0 and read the port back.
+    pub async fn build(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        let addr = listener.local_addr()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let durability = if config.durability == "full" {
+            Durability::Full
+        } else {
+            Durability::Normal
+        };
+        let storage = herald_storage::open(&config.database_url(), durability)
+            .await
+            .context("opening storage")?;
+
+        let master = match &config.master_key {
+            Some(text) => MasterKey::from_base64(text).context("HERALD_MASTER_KEY")?,
+            None => MasterKey::load_or_create(&config.data_dir.join("master.key"))?,
+        };
+        check_master_key(&*storage, &master).await?;
+
+        let tenant_id = storage
+            .init_setting("tenant_id", &uuid::Uuid::new_v4().to_string())
+            .await?;
+
+        let generated_admin_token = match &config.admin_token {
+            Some(t) => {
+                put_admin(&*storage, t, "admin (HERALD_ADMIN_TOKEN)").await?;
+                None
+            }
+            None if storage.count_tokens("admin").await? == 0 => {
+                let t = herald_core::new_token("hrd");
+                put_admin(&*storage, &t, "admin (generated)").await?;
+                Some(t)
+            }
+            None => None,
+        };
+
+        let (cert, key, ca_path) = match (&config.tls_cert, &config.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone(), None),
+            _ => {
+                let files = crate::tls::ensure_generated(&config.data_dir, &config.vault_base)?;
+                (files.cert, files.key, Some(files.ca))
+            }
+        };
+        let tls = TlsAcceptor::from(crate::tls::server_config(&cert, &key)?);
+
+        let urls = VaultUrls {
+            base: config.vault_base.clone(),
+            port: config.public_port.unwrap_or(addr.port()),
+        };
+        let scope = ArmScope {
+            subscription_id: config.subscription_id.clone(),
+            resource_group: config.resource_group.clone(),
+        };
+        let vault = VaultService::new(storage.clone(), master, scope, urls.clone());
+        vault
+            .ensure_default_vault(VaultSettings {
+                near_expiry_secs: config.near_expiry_window_secs,
+                ..VaultSettings::default()
+            })
+            .await?;
+
+        let info = StartInfo {
+            addr,
+            url: format!("https://{addr}"),
+            data_dir: config.data_dir.clone(),
+            ca_path,
+            generated_admin_token,
+            default_vault_uri: urls.vault_uri(herald_vault::DEFAULT_VAULT),
+            tenant_id: tenant_id.clone(),
+            storage: storage.engine(),
+        };
+        let state = AppState {
+            config: Arc::new(config),
+            storage,
+            vault,
+            tokens: Arc::new(TokenCache::default()),
+            vaults: Arc::new(VaultCache::default()),
+            tenant_id: tenant_id.into(),
+            metrics: crate::metrics_setup::handle(),
+        };
+        Ok(Self {
+            listener,
+            state,
+            tls,
+            info,
+        })
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains open connections.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            tls,
+            info,
+        } = self;
+        let lifecycle = tokio::spawn(state.vault.clone().run_lifecycle(
+            Duration::from_millis(state.config.lifecycle_interval_ms),
+            shutdown.clone(),
+        ));
+        let app = api::router(state);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let builder = auto::Builder::new(TokioExecutor::new());
+        tracing::info!(url = %info.url, storage = info.storage, data_dir = %info.data_dir.display(), "herald is listening");
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, don't die.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let tls = tls.clone();
+            let service = TowerToHyperService::new(app.clone());
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let stream =
+                    match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: draining open connections");
+        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within 10 s");
+        }
+        let _ = lifecycle.await;
+        tracing::info!("herald stopped");
+        Ok(())
+    }
+}
+
+async fn put_admin(
+    storage: &dyn herald_storage::Storage,
+    token: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    storage
+        .put_token(
+            &hash_token(token),
+            &TokenRecord {
+                id: format!("tok_{}", uuid::Uuid::now_v7().simple()),
+                name: name.into(),
+                role: "admin".into(),
+                created: chrono::Utc::now().timestamp(),
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Refuses to start with a master key that cannot open this data dir's
+/// secrets, instead of failing later on every read.
+async fn check_master_key(
+    storage: &dyn herald_storage::Storage,
+    master: &MasterKey,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let sealed = STANDARD.encode(master.seal_direct(b"herald", KEY_CHECK.as_bytes()));
+    let stored = storage.init_setting(KEY_CHECK, &sealed).await?;
+    let raw = STANDARD
+        .decode(stored)
+        .context("corrupt master key check")?;
+    master.open_direct(&raw, KEY_CHECK.as_bytes()).map_err(|_| {
+        anyhow::anyhow!(
+            "the master key does not match this data dir: set HERALD_MASTER_KEY (or restore master.key) to the key it was created with"
+        )
+    })?;
+    Ok(())
+}

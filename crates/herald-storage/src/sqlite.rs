@@ -1,0 +1,797 @@
+//! The embedded engine: SQLite in WAL mode.
+//!
+//! SQLite allows one writer at a time, so writes go through a one-connection
+//! pool (no `SQLITE_BUSY` upgrade deadlocks) while reads use a wider pool
+//! that sees every committed write thanks to WAL snapshots.
+
+use crate::*;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub struct SqliteStorage {
+    reader: SqlitePool,
+    writer: SqlitePool,
+}
+
+const SECRET_COLS: &str = "s.vault_id, s.name_key, s.name, s.deleted_at, s.purge_at, \
+     v.version, v.ordinal, v.enabled, v.nbf, v.exp, v.created, v.updated, v.content_type, \
+     v.tags, v.value, v.wrapped_key";
+
+const VAULT_COLS: &str = "id, name, retention_days, purge_protection, near_expiry_secs, created";
+
+impl SqliteStorage {
+    pub async fn open(path: &str, durability: Durability) -> Result<Self> {
+        let sync = match durability {
+            Durability::Normal => SqliteSynchronous::Normal,
+            Durability::Full => SqliteSynchronous::Full,
+        };
+        let base = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(sync)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", "-16000")
+            .pragma("temp_store", "memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(base.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(base.read_only(true))
+            .await?;
+        Ok(Self { reader, writer })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'_, Sqlite>> {
+        Ok(self.writer.begin().await?)
+    }
+}
+
+fn vault_from_row(r: &SqliteRow) -> Result<VaultRecord> {
+    Ok(VaultRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        settings: VaultSettings {
+            retention_days: r.try_get("retention_days")?,
+            purge_protection: r.try_get("purge_protection")?,
+            near_expiry_secs: r.try_get("near_expiry_secs")?,
+        },
+        created: r.try_get("created")?,
+    })
+}
+
+fn topic_from_row(r: &SqliteRow) -> Result<TopicRecord> {
+    Ok(TopicRecord {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        name: r.try_get("name")?,
+        arm_id: r.try_get("arm_id")?,
+        created: r.try_get("created")?,
+    })
+}
+
+fn secret_from_row(r: &SqliteRow) -> Result<SecretRecord> {
+    Ok(SecretRecord {
+        vault_id: r.try_get("vault_id")?,
+        key: r.try_get("name_key")?,
+        name: r.try_get("name")?,
+        deleted_at: r.try_get("deleted_at")?,
+        purge_at: r.try_get("purge_at")?,
+    })
+}
+
+fn version_from_row(r: &SqliteRow) -> Result<VersionRecord> {
+    Ok(VersionRecord {
+        version: r.try_get("version")?,
+        ordinal: r.try_get("ordinal")?,
+        enabled: r.try_get("enabled")?,
+        nbf: r.try_get("nbf")?,
+        exp: r.try_get("exp")?,
+        created: r.try_get("created")?,
+        updated: r.try_get("updated")?,
+        content_type: r.try_get("content_type")?,
+        tags: r.try_get("tags")?,
+        value: r.try_get("value")?,
+        wrapped_key: r.try_get("wrapped_key")?,
+    })
+}
+
+fn pair(r: &SqliteRow) -> Result<(SecretRecord, VersionRecord)> {
+    Ok((secret_from_row(r)?, version_from_row(r)?))
+}
+
+async fn insert_version(
+    tx: &mut Transaction<'_, Sqlite>,
+    vault_id: &str,
+    key: &str,
+    v: &VersionRecord,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO secret_versions (vault_id, name_key, ordinal, version, enabled, nbf, exp, \
+         created, updated, content_type, tags, value, wrapped_key) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(vault_id)
+    .bind(key)
+    .bind(v.ordinal)
+    .bind(&v.version)
+    .bind(v.enabled)
+    .bind(v.nbf)
+    .bind(v.exp)
+    .bind(v.created)
+    .bind(v.updated)
+    .bind(&v.content_type)
+    .bind(&v.tags)
+    .bind(&v.value)
+    .bind(&v.wrapped_key)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Appends to the vault's system topic log inside the caller's transaction.
+async fn log_vault_event(
+    tx: &mut Transaction<'_, Sqlite>,
+    vault_id: &str,
+    event: &EventGridEvent,
+) -> Result<()> {
+    let body = serde_json::to_string(event).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO event_log (topic_id, event_id, event_type, subject, body, created) \
+         SELECT id, ?, ?, ?, ?, unixepoch() FROM topics WHERE vault_id = ? AND kind = 'system'",
+    )
+    .bind(&event.id)
+    .bind(&event.event_type)
+    .bind(&event.subject)
+    .bind(body)
+    .bind(vault_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn current_pair(
+    tx: &mut Transaction<'_, Sqlite>,
+    vault_id: &str,
+    key: &str,
+) -> Result<Option<(SecretRecord, VersionRecord)>> {
+    let row = sqlx::query(&format!(
+        "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
+         ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND v.ordinal = s.current_ordinal \
+         WHERE s.vault_id = ? AND s.name_key = ?"
+    ))
+    .bind(vault_id)
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(pair).transpose()
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+        let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn put_token(&self, hash: &str, t: &TokenRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (hash, id, name, role, created) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (hash) DO NOTHING",
+        )
+        .bind(hash)
+        .bind(&t.id)
+        .bind(&t.name)
+        .bind(&t.role)
+        .bind(t.created)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT id, name, role, created FROM api_tokens WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(|r| {
+            Ok(TokenRecord {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                role: r.try_get("role")?,
+                created: r.try_get("created")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn count_tokens(&self, role: &str) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE role = ?")
+                .bind(role)
+                .fetch_one(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn create_vault(&self, v: &VaultRecord, t: &TopicRecord) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO vaults (id, name, retention_days, purge_protection, near_expiry_secs, created) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&v.id)
+        .bind(&v.name)
+        .bind(v.settings.retention_days)
+        .bind(v.settings.purge_protection)
+        .bind(v.settings.near_expiry_secs)
+        .bind(v.created)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO topics (id, kind, name, arm_id, vault_id, created) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.kind)
+        .bind(&t.name)
+        .bind(&t.arm_id)
+        .bind(&v.id)
+        .bind(t.created)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn vault_by_name(&self, name: &str) -> Result<Option<VaultRecord>> {
+        let row = sqlx::query(&format!("SELECT {VAULT_COLS} FROM vaults WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(vault_from_row).transpose()
+    }
+
+    async fn list_vaults(&self) -> Result<Vec<VaultRecord>> {
+        let rows = sqlx::query(&format!("SELECT {VAULT_COLS} FROM vaults ORDER BY name"))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(vault_from_row).collect()
+    }
+
+    async fn delete_vault(&self, name: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM vaults WHERE name = ?")
+            .bind(name)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn topic_for_vault(&self, vault_id: &str) -> Result<Option<TopicRecord>> {
+        let row = sqlx::query(
+            "SELECT id, kind, name, arm_id, created FROM topics WHERE vault_id = ? AND kind = 'system'",
+        )
+        .bind(vault_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(topic_from_row).transpose()
+    }
+
+    async fn put_version(
+        &self,
+        vault_id: &str,
+        key: &str,
+        name: &str,
+        version: &VersionRecord,
+        event: &EventGridEvent,
+    ) -> Result<Result<SecretRecord, WriteRefused>> {
+        let mut tx = self.begin().await?;
+        let existing = sqlx::query(
+            "SELECT vault_id, name_key, name, deleted_at, purge_at, current_ordinal FROM secrets \
+             WHERE vault_id = ? AND name_key = ?",
+        )
+        .bind(vault_id)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (secret, ordinal) = match existing {
+            Some(row) => {
+                let secret = secret_from_row(&row)?;
+                if secret.deleted_at.is_some() {
+                    return Ok(Err(WriteRefused::Deleted));
+                }
+                let ordinal: i64 = row.try_get::<i64, _>("current_ordinal")? + 1;
+                sqlx::query(
+                    "UPDATE secrets SET current_ordinal = ? WHERE vault_id = ? AND name_key = ?",
+                )
+                .bind(ordinal)
+                .bind(vault_id)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+                (secret, ordinal)
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO secrets (vault_id, name_key, name, current_ordinal) VALUES (?, ?, ?, 1)",
+                )
+                .bind(vault_id)
+                .bind(key)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+                let secret = SecretRecord {
+                    vault_id: vault_id.to_owned(),
+                    key: key.to_owned(),
+                    name: name.to_owned(),
+                    deleted_at: None,
+                    purge_at: None,
+                };
+                (secret, 1)
+            }
+        };
+        let v = VersionRecord {
+            ordinal,
+            ..version.clone()
+        };
+        insert_version(&mut tx, vault_id, key, &v).await?;
+        log_vault_event(&mut tx, vault_id, event).await?;
+        tx.commit().await?;
+        Ok(Ok(secret))
+    }
+
+    async fn get_version(
+        &self,
+        vault_id: &str,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<Option<(SecretRecord, VersionRecord)>> {
+        let join = match version {
+            None => "v.ordinal = s.current_ordinal",
+            Some(_) => "v.version = ?",
+        };
+        let sql = format!(
+            "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
+             ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND {join} \
+             WHERE s.vault_id = ? AND s.name_key = ? AND s.deleted_at IS NULL"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(ver) = version {
+            q = q.bind(ver);
+        }
+        let row = q
+            .bind(vault_id)
+            .bind(key)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(pair).transpose()
+    }
+
+    async fn list_secrets(
+        &self,
+        vault_id: &str,
+        after_key: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(SecretRecord, VersionRecord)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
+             ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND v.ordinal = s.current_ordinal \
+             WHERE s.vault_id = ? AND s.deleted_at IS NULL AND s.name_key > ? \
+             ORDER BY s.name_key LIMIT ?"
+        ))
+        .bind(vault_id)
+        .bind(after_key.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(pair).collect()
+    }
+
+    async fn list_versions(
+        &self,
+        vault_id: &str,
+        key: &str,
+        after_ordinal: Option<i64>,
+        limit: i64,
+    ) -> Result<Option<(SecretRecord, Vec<VersionRecord>)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
+             ON v.vault_id = s.vault_id AND v.name_key = s.name_key \
+             WHERE s.vault_id = ? AND s.name_key = ? AND s.deleted_at IS NULL AND v.ordinal > ? \
+             ORDER BY v.ordinal LIMIT ?"
+        ))
+        .bind(vault_id)
+        .bind(key)
+        .bind(after_ordinal.unwrap_or(0))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        if let Some(first) = rows.first() {
+            let secret = secret_from_row(first)?;
+            let versions = rows.iter().map(version_from_row).collect::<Result<_>>()?;
+            return Ok(Some((secret, versions)));
+        }
+        // An empty page is still a page if the secret exists.
+        let secret = sqlx::query(
+            "SELECT vault_id, name_key, name, deleted_at, purge_at FROM secrets \
+             WHERE vault_id = ? AND name_key = ? AND deleted_at IS NULL",
+        )
+        .bind(vault_id)
+        .bind(key)
+        .fetch_optional(&self.reader)
+        .await?;
+        secret
+            .as_ref()
+            .map(|r| Ok((secret_from_row(r)?, Vec::new())))
+            .transpose()
+    }
+
+    async fn update_version(
+        &self,
+        vault_id: &str,
+        key: &str,
+        version: Option<&str>,
+        patch: &VersionPatch,
+    ) -> Result<Option<(SecretRecord, VersionRecord)>> {
+        let mut tx = self.begin().await?;
+        let join = match version {
+            None => "v.ordinal = s.current_ordinal",
+            Some(_) => "v.version = ?",
+        };
+        let sql = format!(
+            "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
+             ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND {join} \
+             WHERE s.vault_id = ? AND s.name_key = ? AND s.deleted_at IS NULL"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(ver) = version {
+            q = q.bind(ver);
+        }
+        let Some(row) = q.bind(vault_id).bind(key).fetch_optional(&mut *tx).await? else {
+            return Ok(None);
+        };
+        let (secret, mut v) = pair(&row)?;
+        let exp_changed = patch.exp.is_some_and(|e| e != v.exp);
+        if let Some(e) = patch.enabled {
+            v.enabled = e;
+        }
+        if let Some(n) = patch.nbf {
+            v.nbf = n;
+        }
+        if let Some(e) = patch.exp {
+            v.exp = e;
+        }
+        if let Some(c) = &patch.content_type {
+            v.content_type = c.clone();
+        }
+        if let Some(t) = &patch.tags {
+            v.tags = t.clone();
+        }
+        v.updated = patch.updated;
+        // A new `exp` reschedules the lifecycle timers for this version.
+        sqlx::query(
+            "UPDATE secret_versions SET enabled = ?, nbf = ?, exp = ?, content_type = ?, tags = ?, \
+             updated = ?, near_expiry_done = CASE WHEN ? THEN 0 ELSE near_expiry_done END, \
+             expired_done = CASE WHEN ? THEN 0 ELSE expired_done END \
+             WHERE vault_id = ? AND name_key = ? AND ordinal = ?",
+        )
+        .bind(v.enabled)
+        .bind(v.nbf)
+        .bind(v.exp)
+        .bind(&v.content_type)
+        .bind(&v.tags)
+        .bind(v.updated)
+        .bind(exp_changed)
+        .bind(exp_changed)
+        .bind(vault_id)
+        .bind(key)
+        .bind(v.ordinal)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((secret, v)))
+    }
+
+    async fn all_versions(
+        &self,
+        vault_id: &str,
+        key: &str,
+    ) -> Result<Option<(SecretRecord, Vec<VersionRecord>)>> {
+        self.list_versions(vault_id, key, None, i64::MAX).await
+    }
+
+    async fn restore_secret(
+        &self,
+        vault_id: &str,
+        key: &str,
+        name: &str,
+        versions: &[VersionRecord],
+        events: &[EventGridEvent],
+    ) -> Result<Result<SecretRecord, WriteRefused>> {
+        let mut tx = self.begin().await?;
+        let deleted_at: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT deleted_at FROM secrets WHERE vault_id = ? AND name_key = ?",
+        )
+        .bind(vault_id)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match deleted_at {
+            Some(Some(_)) => return Ok(Err(WriteRefused::Deleted)),
+            Some(None) => return Ok(Err(WriteRefused::Exists)),
+            None => {}
+        }
+        let current = versions.iter().map(|v| v.ordinal).max().unwrap_or(1);
+        sqlx::query(
+            "INSERT INTO secrets (vault_id, name_key, name, current_ordinal) VALUES (?, ?, ?, ?)",
+        )
+        .bind(vault_id)
+        .bind(key)
+        .bind(name)
+        .bind(current)
+        .execute(&mut *tx)
+        .await?;
+        for v in versions {
+            insert_version(&mut tx, vault_id, key, v).await?;
+        }
+        for e in events {
+            log_vault_event(&mut tx, vault_id, e).await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(SecretRecord {
+            vault_id: vault_id.to_owned(),
+            key: key.to_owned(),
+            name: name.to_owned(),
+            deleted_at: None,
+            purge_at: None,
+        }))
+    }
+
+    async fn soft_delete(
+        &self,
+        vault_id: &str,
+        key: &str,
+        deleted_at: i64,
+        purge_at: i64,
+    ) -> Result<Option<(SecretRecord, VersionRecord)>> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE secrets SET deleted_at = ?, purge_at = ? \
+             WHERE vault_id = ? AND name_key = ? AND deleted_at IS NULL",
+        )
+        .bind(deleted_at)
+        .bind(purge_at)
+        .bind(vault_id)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let out = current_pair(&mut tx, vault_id, key).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn get_deleted(
+        &self,
+        vault_id: &str,
+        key: &str,
+    ) -> Result<Option<(SecretRecord, VersionRecord)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
+             ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND v.ordinal = s.current_ordinal \
+             WHERE s.vault_id = ? AND s.name_key = ? AND s.deleted_at IS NOT NULL"
+        ))
+        .bind(vault_id)
+        .bind(key)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(pair).transpose()
+    }
+
+    async fn list_deleted(
+        &self,
+        vault_id: &str,
+        after_key: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<(SecretRecord, VersionRecord)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
+             ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND v.ordinal = s.current_ordinal \
+             WHERE s.vault_id = ? AND s.deleted_at IS NOT NULL AND s.name_key > ? \
+             ORDER BY s.name_key LIMIT ?"
+        ))
+        .bind(vault_id)
+        .bind(after_key.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(pair).collect()
+    }
+
+    async fn recover(
+        &self,
+        vault_id: &str,
+        key: &str,
+    ) -> Result<Option<(SecretRecord, VersionRecord)>> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query(
+            "UPDATE secrets SET deleted_at = NULL, purge_at = NULL \
+             WHERE vault_id = ? AND name_key = ? AND deleted_at IS NOT NULL",
+        )
+        .bind(vault_id)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let out = current_pair(&mut tx, vault_id, key).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn purge(&self, vault_id: &str, key: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "DELETE FROM secrets WHERE vault_id = ? AND name_key = ? AND deleted_at IS NOT NULL",
+        )
+        .bind(vault_id)
+        .bind(key)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn purge_due(&self, now: i64) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "DELETE FROM secrets WHERE purge_at IS NOT NULL AND purge_at <= ? \
+             RETURNING (SELECT name FROM vaults WHERE vaults.id = secrets.vault_id) AS vault, name",
+        )
+        .bind(now)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("vault")?, r.try_get("name")?)))
+            .collect()
+    }
+
+    async fn due_expiries(&self, now: i64, limit: i64) -> Result<Vec<DueExpiry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SECRET_COLS}, v.near_expiry_done, \
+             vt.id AS vt_id, vt.name AS vt_name, vt.retention_days, vt.purge_protection, \
+             vt.near_expiry_secs, vt.created AS vt_created \
+             FROM secret_versions v \
+             JOIN secrets s ON s.vault_id = v.vault_id AND s.name_key = v.name_key \
+                 AND s.current_ordinal = v.ordinal \
+             JOIN vaults vt ON vt.id = v.vault_id \
+             WHERE v.exp IS NOT NULL AND v.expired_done = 0 AND s.deleted_at IS NULL \
+               AND (v.exp <= ?1 OR (v.near_expiry_done = 0 AND v.exp - vt.near_expiry_secs <= ?1)) \
+             ORDER BY v.exp LIMIT ?2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let near_done: bool = r.try_get("near_expiry_done")?;
+                Ok(DueExpiry {
+                    vault: VaultRecord {
+                        id: r.try_get("vt_id")?,
+                        name: r.try_get("vt_name")?,
+                        settings: VaultSettings {
+                            retention_days: r.try_get("retention_days")?,
+                            purge_protection: r.try_get("purge_protection")?,
+                            near_expiry_secs: r.try_get("near_expiry_secs")?,
+                        },
+                        created: r.try_get("vt_created")?,
+                    },
+                    secret: secret_from_row(r)?,
+                    version: version_from_row(r)?,
+                    // NearExpiry always precedes Expired for a version.
+                    kind: if near_done {
+                        ExpiryKind::Expired
+                    } else {
+                        ExpiryKind::NearExpiry
+                    },
+                })
+            })
+            .collect()
+    }
+
+    async fn record_expiry(
+        &self,
+        vault_id: &str,
+        key: &str,
+        ordinal: i64,
+        kind: ExpiryKind,
+        event: &EventGridEvent,
+    ) -> Result<bool> {
+        let column = match kind {
+            ExpiryKind::NearExpiry => "near_expiry_done",
+            ExpiryKind::Expired => "expired_done",
+        };
+        let mut tx = self.begin().await?;
+        let claimed = sqlx::query(&format!(
+            "UPDATE secret_versions SET {column} = 1 \
+             WHERE vault_id = ? AND name_key = ? AND ordinal = ? AND {column} = 0"
+        ))
+        .bind(vault_id)
+        .bind(key)
+        .bind(ordinal)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if claimed {
+            log_vault_event(&mut tx, vault_id, event).await?;
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn read_events(
+        &self,
+        topic_id: &str,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<LoggedEvent>> {
+        let rows = sqlx::query(
+            "SELECT seq, topic_id, body FROM event_log WHERE topic_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(topic_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let body: String = r.try_get("body")?;
+                Ok(LoggedEvent {
+                    seq: r.try_get("seq")?,
+                    topic_id: r.try_get("topic_id")?,
+                    event: serde_json::from_str(&body)
+                        .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+}
