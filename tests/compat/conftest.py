@@ -146,7 +146,13 @@ class Herald:
         """POST /api/v1/vaults; returns the JSON body (which carries `vaultUri`)."""
         body = {"name": name or unique_vault_name()}
         body.update(props)
-        resp = self.mgmt("POST", "/api/v1/vaults", json=body)
+        try:
+            resp = self.mgmt("POST", "/api/v1/vaults", json=body)
+        except requests.ConnectionError:
+            code = self.proc.poll()
+            if code is not None:
+                pytest.fail(f"herald serve exited with code {code}. Log tail:\n{self.log_tail()}", pytrace=False)
+            raise
         assert resp.status_code == 201, f"creating vault {body}: {resp.status_code} {resp.text}"
         return resp.json()
 
@@ -192,17 +198,14 @@ def _wait_healthy(herald: Herald) -> None:
                 f"{herald.log_tail()}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def herald() -> Iterator[Herald]:
+def start_herald(data_dir: Path, log_path: Path, *, port: Optional[int] = None,
+                 admin_token: Optional[str] = None) -> Herald:
+    """Run `herald serve` on a loopback port and wait until GET /healthz answers 200 over verified TLS."""
     binary = _resolve_bin()
-    root = Path(tempfile.mkdtemp(prefix="herald-compat-"))
-    data_dir = root / "data"
-    data_dir.mkdir()
-    log_path = root / "herald.log"
-    port = _free_loopback_port()
-    admin_token = "hrd_test_" + secrets.token_hex(16)
+    port = port or _free_loopback_port()
+    admin_token = admin_token or "hrd_test_" + secrets.token_hex(16)
     env = dict(os.environ, HERALD_ADMIN_TOKEN=admin_token)
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [str(binary), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -210,19 +213,53 @@ def herald() -> Iterator[Herald]:
     server = Herald(proc=proc, port=port, data_dir=data_dir, log_path=log_path, admin_token=admin_token)
     try:
         _wait_healthy(server)
+    except BaseException:
+        stop_herald(server)
+        raise
+    return server
+
+
+def stop_herald(server: Herald) -> Optional[int]:
+    """SIGTERM, then wait (kill after SHUTDOWN_TIMEOUT_S). Returns the exit code."""
+    proc = server.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@pytest.fixture(scope="session")
+def herald() -> Iterator[Herald]:
+    root = Path(tempfile.mkdtemp(prefix="herald-compat-"))
+    data_dir = root / "data"
+    data_dir.mkdir()
+    server = None
+    try:
+        server = start_herald(data_dir, root / "herald.log")
         yield server
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=SHUTDOWN_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if server is not None:
+            stop_herald(server)
         if os.environ.get("HERALD_KEEP_DATA"):
             print(f"\nherald data and log kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def herald_still_running(request: pytest.FixtureRequest) -> None:
+    """Fail fast, with the server log, if the shared server died (instead of a cascade of connection errors)."""
+    if "herald" not in request.fixturenames:
+        return
+    server: Herald = request.getfixturevalue("herald")
+    code = server.proc.poll()
+    if code is not None:
+        pytest.fail(f"herald serve exited with code {code} before this test. Log tail:\n{server.log_tail()}",
+                    pytrace=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -268,7 +305,8 @@ def make_client(herald: Herald) -> Callable[..., SecretClient]:
         if api_version is not None:
             kwargs["api_version"] = api_version
         cred = credential or HeraldToken(token or herald.admin_token)
-        return SecretClient(vault_url, cred, connection_verify=herald.ca, **kwargs)
+        kwargs.setdefault("connection_verify", herald.ca)
+        return SecretClient(vault_url, cred, **kwargs)
     return make
 
 

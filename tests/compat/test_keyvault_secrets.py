@@ -32,7 +32,7 @@ from azure.core.exceptions import (
 )
 from azure.keyvault.secrets import DeletedSecret, KeyVaultSecret, SecretClient, SecretProperties
 
-from conftest import POLL, Herald, HeraldToken, unique_vault_name
+from conftest import POLL, Herald, HeraldToken, start_herald, stop_herald, unique_vault_name
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 DAY = timedelta(days=1)
@@ -258,6 +258,13 @@ def test_disabled_secrets_are_listed(client: SecretClient, secret_name: str):
     assert listed[secret_name].enabled is False
     versions = list(client.list_properties_of_secret_versions(secret_name))
     assert [(v.version, v.enabled) for v in versions] == [(disabled.properties.version, False)]
+
+
+def test_disabled_latest_can_be_backed_up_and_deleted(client: SecretClient, secret_name: str):
+    client.set_secret(secret_name, "v", enabled=False)
+    assert len(client.backup_secret(secret_name)) > 0
+    deleted = delete(client, secret_name)
+    assert deleted.properties.enabled is False
 
 
 # ======================================================================================
@@ -1143,3 +1150,43 @@ def test_created_vault_is_empty_and_usable_at_once(herald: Herald, make_client, 
         assert list(c.list_properties_of_secrets()) == []
         assert list(c.list_deleted_secrets()) == []
         assert c.set_secret(secret_name, "v").properties.recovery_level == "Recoverable+Purgeable"
+
+
+# ======================================================================================
+# Durability: state, ids, tenant and CA survive a restart (spec §7, §8, §12)
+# ======================================================================================
+
+
+def test_state_ids_tenant_and_ca_survive_restart(tmp_path, make_client):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    log = tmp_path / "herald.log"
+    first = start_herald(data_dir, log)
+    try:
+        vault_url = first.create_vault(softDeleteRetentionInDays=30)["vaultUri"]
+        challenge = RawVault(first, vault_url).call("GET", "/secrets", token=None).headers["WWW-Authenticate"]
+        ca = (data_dir / "tls" / "ca.pem").read_bytes()
+        with make_client(vault_url, token=first.admin_token, connection_verify=first.ca) as c:
+            kept = c.set_secret("kept", "v1", tags={"a": "b"})
+            c.set_secret("gone", "v")
+            deleted = delete(c, "gone")
+    finally:
+        assert stop_herald(first) is not None
+
+    second = start_herald(data_dir, log, port=first.port, admin_token=first.admin_token)
+    try:
+        assert (data_dir / "tls" / "ca.pem").read_bytes() == ca, "the generated CA is reused"
+        again = RawVault(second, vault_url).call("GET", "/secrets", token=None).headers["WWW-Authenticate"]
+        assert again == challenge, "tenant and challenge are stable across restarts"
+        with make_client(vault_url, token=second.admin_token, connection_verify=second.ca) as c:
+            got = c.get_secret("kept")
+            assert got.id == kept.id
+            assert got.value == "v1"
+            assert got.properties.tags == {"a": "b"}
+            assert got.properties.created_on == kept.properties.created_on
+            assert got.properties.recoverable_days == 30
+            still_deleted = c.get_deleted_secret("gone")
+            assert still_deleted.deleted_date == deleted.deleted_date
+            assert still_deleted.scheduled_purge_date == deleted.scheduled_purge_date
+    finally:
+        stop_herald(second)
