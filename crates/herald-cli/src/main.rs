@@ -1,5 +1,6 @@
 //! `herald`: the server and a CLI over its API.
 
+mod bench;
 mod client;
 mod output;
 mod secret;
@@ -30,6 +31,8 @@ enum Command {
     /// Read and write secrets in a vault.
     #[command(subcommand)]
     Secret(secret::SecretCmd),
+    /// Measure throughput against an in-process server and print the figures.
+    Bench(bench::BenchArgs),
     /// Print shell completions: herald completions bash|zsh|fish.
     Completions { shell: clap_complete::Shell },
 }
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Vault(cmd) => vault::run(cmd).await,
             Command::Secret(cmd) => secret::run(cmd).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Completions { shell } => {
                 clap_complete::generate(
                     shell,

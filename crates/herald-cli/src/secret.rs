@@ -163,7 +163,8 @@ fn name_of(v: &Value) -> String {
 
 fn show(conn: &Conn, v: &Value) {
     if conn.json {
-        return output::json(v);
+        output::json(v);
+        return;
     }
     let a = &v["attributes"];
     let mut rows = vec![
@@ -299,7 +300,8 @@ pub async fn run(cmd: SecretCmd) -> anyhow::Result<()> {
             };
             let items = list_all(&vc, path).await?;
             if target.conn.json {
-                return Ok(output::json(&json!(items)));
+                output::json(&json!(items));
+                return Ok(());
             }
             if deleted {
                 output::table(
@@ -338,7 +340,8 @@ pub async fn run(cmd: SecretCmd) -> anyhow::Result<()> {
             let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
             let items = list_all(&vc, &format!("/secrets/{name}/versions?maxresults=25")).await?;
             if target.conn.json {
-                return Ok(output::json(&json!(items)));
+                output::json(&json!(items));
+                return Ok(());
             }
             output::table(
                 &["VERSION", "ENABLED", "CREATED", "EXPIRES"],

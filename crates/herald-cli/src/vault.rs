@@ -44,7 +44,8 @@ pub enum VaultCmd {
 
 fn print_vaults(conn: &Conn, v: &Value, list: &[Value]) {
     if conn.json {
-        return output::json(v);
+        output::json(v);
+        return;
     }
     output::table(
         &[

@@ -144,3 +144,46 @@ mod tests {
         );
     }
 }
+
+/// Re-spells a secret event for the name as stored. Key Vault names are
+/// case-insensitive and keep the case of first creation, which only the
+/// storage transaction knows for sure.
+pub fn respell_secret_event(event: &mut EventGridEvent, stored_name: &str) {
+    if event.subject == stored_name {
+        return;
+    }
+    let requested = std::mem::replace(&mut event.subject, stored_name.to_owned());
+    if let Some(obj) = event.data.as_object_mut() {
+        obj.insert("ObjectName".into(), Value::String(stored_name.to_owned()));
+        if let Some(Value::String(id)) = obj.get_mut("Id") {
+            *id = id.replacen(
+                &format!("/secrets/{requested}/"),
+                &format!("/secrets/{stored_name}/"),
+                1,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod respell_tests {
+    use super::*;
+
+    #[test]
+    fn respells_subject_name_and_id() {
+        let mut e = EventGridEvent {
+            id: "1".into(),
+            topic: "t".into(),
+            subject: "mysecret".into(),
+            event_type: "x".into(),
+            event_time: "t".into(),
+            data: json!({"Id": "https://h/secrets/mysecret/v", "ObjectName": "mysecret"}),
+            data_version: "1".into(),
+            metadata_version: "1".into(),
+        };
+        respell_secret_event(&mut e, "MySecret");
+        assert_eq!(e.subject, "MySecret");
+        assert_eq!(e.data["ObjectName"], "MySecret");
+        assert_eq!(e.data["Id"], "https://h/secrets/MySecret/v");
+    }
+}

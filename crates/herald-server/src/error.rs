@@ -113,18 +113,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for AzJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "RequestEntityTooLarge",
-                        "The request body is larger than this endpoint accepts.",
-                    )
-                } else {
-                    ApiError::bad_parameter("The request body could not be read.")
-                }
-            })?;
+            .map_err(body_rejection)?;
         parse_json(&bytes).map(AzJson)
+    }
+}
+
+/// A body that could not be read: too large (413) or broken (400).
+pub fn body_rejection(e: axum::extract::rejection::BytesRejection) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "The request body is larger than this endpoint accepts.",
+        )
+    } else {
+        ApiError::bad_parameter("The request body could not be read.")
     }
 }
 

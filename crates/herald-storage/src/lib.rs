@@ -7,6 +7,7 @@
 //! the event announcing it commit together or not at all.
 
 mod sqlite;
+mod writer;
 
 use async_trait::async_trait;
 use herald_core::EventGridEvent;
@@ -25,6 +26,10 @@ pub enum StorageError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL '{0}': use sqlite://PATH")]
     UnsupportedUrl(String),
+    #[error("write transaction failed to commit: {0}")]
+    Commit(String),
+    #[error("the storage writer has stopped")]
+    WriterStopped,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 }

@@ -4,18 +4,19 @@
 //! pool (no `SQLITE_BUSY` upgrade deadlocks) while reads use a wider pool
 //! that sees every committed write thanks to WAL snapshots.
 
+use crate::writer::{BoxFuture, Writer};
 use crate::*;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, SqliteConnection};
 use std::str::FromStr;
 use std::time::Duration;
 
 pub struct SqliteStorage {
     reader: SqlitePool,
-    writer: SqlitePool,
+    writer: Writer,
 }
 
 const SECRET_COLS: &str = "s.vault_id, s.name_key, s.name, s.deleted_at, s.purge_at, \
@@ -49,11 +50,8 @@ impl SqliteStorage {
             .min_connections(1)
             .connect_with(base.read_only(true))
             .await?;
+        let writer = Writer::spawn(writer.acquire().await?);
         Ok(Self { reader, writer })
-    }
-
-    async fn begin(&self) -> Result<Transaction<'_, Sqlite>> {
-        Ok(self.writer.begin().await?)
     }
 }
 
@@ -111,7 +109,7 @@ fn pair(r: &SqliteRow) -> Result<(SecretRecord, VersionRecord)> {
 }
 
 async fn insert_version(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     vault_id: &str,
     key: &str,
     v: &VersionRecord,
@@ -134,14 +132,14 @@ async fn insert_version(
     .bind(&v.tags)
     .bind(&v.value)
     .bind(&v.wrapped_key)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 /// Appends to the vault's system topic log inside the caller's transaction.
 async fn log_vault_event(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     vault_id: &str,
     event: &EventGridEvent,
 ) -> Result<()> {
@@ -155,13 +153,13 @@ async fn log_vault_event(
     .bind(&event.subject)
     .bind(body)
     .bind(vault_id)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 async fn current_pair(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     vault_id: &str,
     key: &str,
 ) -> Result<Option<(SecretRecord, VersionRecord)>> {
@@ -172,7 +170,7 @@ async fn current_pair(
     ))
     .bind(vault_id)
     .bind(key)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     row.as_ref().map(pair).transpose()
 }
@@ -193,33 +191,53 @@ impl Storage for SqliteStorage {
     }
 
     async fn init_setting(&self, key: &str, value: &str) -> Result<String> {
-        let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(&mut *tx)
-            .await?;
-        let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(stored)
+        let key = key.to_owned();
+        let value = value.to_owned();
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let key = key.as_str();
+                    let value = value.as_str();
+                sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+                let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Ok(stored)
+                })
+            })
+            .await
     }
 
     async fn put_token(&self, hash: &str, t: &TokenRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO api_tokens (hash, id, name, role, created) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT (hash) DO NOTHING",
-        )
-        .bind(hash)
-        .bind(&t.id)
-        .bind(&t.name)
-        .bind(&t.role)
-        .bind(t.created)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let hash = hash.to_owned();
+        let t = t.clone();
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let hash = hash.as_str();
+                        let t = &t;
+                        sqlx::query(
+                    "INSERT INTO api_tokens (hash, id, name, role, created) VALUES (?, ?, ?, ?, ?) \
+                     ON CONFLICT (hash) DO NOTHING",
+                )
+                .bind(hash)
+                .bind(&t.id)
+                .bind(&t.name)
+                .bind(&t.role)
+                .bind(t.created)
+                .execute(&mut *tx)
+                .await?;
+                        Ok(())
+                    })
+                },
+            )
+            .await
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
@@ -248,37 +266,45 @@ impl Storage for SqliteStorage {
     }
 
     async fn create_vault(&self, v: &VaultRecord, t: &TopicRecord) -> Result<bool> {
-        let mut tx = self.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO vaults (id, name, retention_days, purge_protection, near_expiry_secs, created) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&v.id)
-        .bind(&v.name)
-        .bind(v.settings.retention_days)
-        .bind(v.settings.purge_protection)
-        .bind(v.settings.near_expiry_secs)
-        .bind(v.created)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !inserted {
-            return Ok(false);
-        }
-        sqlx::query(
-            "INSERT INTO topics (id, kind, name, arm_id, vault_id, created) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&t.id)
-        .bind(&t.kind)
-        .bind(&t.name)
-        .bind(&t.arm_id)
-        .bind(&v.id)
-        .bind(t.created)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        let v = v.clone();
+        let t = t.clone();
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let v = &v;
+                    let t = &t;
+                let inserted = sqlx::query(
+                    "INSERT INTO vaults (id, name, retention_days, purge_protection, near_expiry_secs, created) \
+                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(&v.id)
+                .bind(&v.name)
+                .bind(v.settings.retention_days)
+                .bind(v.settings.purge_protection)
+                .bind(v.settings.near_expiry_secs)
+                .bind(v.created)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !inserted {
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "INSERT INTO topics (id, kind, name, arm_id, vault_id, created) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&t.id)
+                .bind(&t.kind)
+                .bind(&t.name)
+                .bind(&t.arm_id)
+                .bind(&v.id)
+                .bind(t.created)
+                .execute(&mut *tx)
+                .await?;
+                Ok(true)
+                })
+            })
+            .await
     }
 
     async fn vault_by_name(&self, name: &str) -> Result<Option<VaultRecord>> {
@@ -297,11 +323,21 @@ impl Storage for SqliteStorage {
     }
 
     async fn delete_vault(&self, name: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM vaults WHERE name = ?")
-            .bind(name)
-            .execute(&self.writer)
-            .await?;
-        Ok(done.rows_affected() == 1)
+        let name = name.to_owned();
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let name = name.as_str();
+                        let done = sqlx::query("DELETE FROM vaults WHERE name = ?")
+                            .bind(name)
+                            .execute(&mut *tx)
+                            .await?;
+                        Ok(done.rows_affected() == 1)
+                    })
+                },
+            )
+            .await
     }
 
     async fn topic_for_vault(&self, vault_id: &str) -> Result<Option<TopicRecord>> {
@@ -322,59 +358,49 @@ impl Storage for SqliteStorage {
         version: &VersionRecord,
         event: &EventGridEvent,
     ) -> Result<Result<SecretRecord, WriteRefused>> {
-        let mut tx = self.begin().await?;
-        let existing = sqlx::query(
-            "SELECT vault_id, name_key, name, deleted_at, purge_at, current_ordinal FROM secrets \
-             WHERE vault_id = ? AND name_key = ?",
-        )
-        .bind(vault_id)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (secret, ordinal) = match existing {
-            Some(row) => {
-                let secret = secret_from_row(&row)?;
-                if secret.deleted_at.is_some() {
-                    return Ok(Err(WriteRefused::Deleted));
-                }
-                let ordinal: i64 = row.try_get::<i64, _>("current_ordinal")? + 1;
-                sqlx::query(
-                    "UPDATE secrets SET current_ordinal = ? WHERE vault_id = ? AND name_key = ?",
-                )
-                .bind(ordinal)
-                .bind(vault_id)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-                (secret, ordinal)
-            }
-            None => {
-                sqlx::query(
-                    "INSERT INTO secrets (vault_id, name_key, name, current_ordinal) VALUES (?, ?, ?, 1)",
+        let vault_id = vault_id.to_owned();
+        let key = key.to_owned();
+        let name = name.to_owned();
+        let version = version.clone();
+        let event = event.clone();
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let vault_id = vault_id.as_str();
+                    let key = key.as_str();
+                    let name = name.as_str();
+                    let version = &version;
+                    let event = &event;
+                // One statement creates the secret or bumps its ordinal, unless the
+                // name is soft-deleted (then the conditional update returns no row).
+                let row = sqlx::query(
+                    "INSERT INTO secrets (vault_id, name_key, name, current_ordinal) VALUES (?, ?, ?, 1) \
+                     ON CONFLICT (vault_id, name_key) DO UPDATE SET current_ordinal = current_ordinal + 1 \
+                     WHERE deleted_at IS NULL \
+                     RETURNING vault_id, name_key, name, deleted_at, purge_at, current_ordinal",
                 )
                 .bind(vault_id)
                 .bind(key)
                 .bind(name)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-                let secret = SecretRecord {
-                    vault_id: vault_id.to_owned(),
-                    key: key.to_owned(),
-                    name: name.to_owned(),
-                    deleted_at: None,
-                    purge_at: None,
+                let Some(row) = row else {
+                    return Ok(Err(WriteRefused::Deleted));
                 };
-                (secret, 1)
-            }
-        };
-        let v = VersionRecord {
-            ordinal,
-            ..version.clone()
-        };
-        insert_version(&mut tx, vault_id, key, &v).await?;
-        log_vault_event(&mut tx, vault_id, event).await?;
-        tx.commit().await?;
-        Ok(Ok(secret))
+                let secret = secret_from_row(&row)?;
+                let ordinal: i64 = row.try_get("current_ordinal")?;
+                let v = VersionRecord {
+                    ordinal,
+                    ..version.clone()
+                };
+                insert_version(&mut *tx, vault_id, key, &v).await?;
+                let mut event = event.clone();
+                herald_core::event::respell_secret_event(&mut event, &secret.name);
+                log_vault_event(&mut *tx, vault_id, &event).await?;
+                Ok(Ok(secret))
+                })
+            })
+            .await
     }
 
     async fn get_version(
@@ -470,63 +496,75 @@ impl Storage for SqliteStorage {
         version: Option<&str>,
         patch: &VersionPatch,
     ) -> Result<Option<(SecretRecord, VersionRecord)>> {
-        let mut tx = self.begin().await?;
-        let join = match version {
-            None => "v.ordinal = s.current_ordinal",
-            Some(_) => "v.version = ?",
-        };
-        let sql = format!(
-            "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
-             ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND {join} \
-             WHERE s.vault_id = ? AND s.name_key = ? AND s.deleted_at IS NULL"
-        );
-        let mut q = sqlx::query(&sql);
-        if let Some(ver) = version {
-            q = q.bind(ver);
-        }
-        let Some(row) = q.bind(vault_id).bind(key).fetch_optional(&mut *tx).await? else {
-            return Ok(None);
-        };
-        let (secret, mut v) = pair(&row)?;
-        let exp_changed = patch.exp.is_some_and(|e| e != v.exp);
-        if let Some(e) = patch.enabled {
-            v.enabled = e;
-        }
-        if let Some(n) = patch.nbf {
-            v.nbf = n;
-        }
-        if let Some(e) = patch.exp {
-            v.exp = e;
-        }
-        if let Some(c) = &patch.content_type {
-            v.content_type = c.clone();
-        }
-        if let Some(t) = &patch.tags {
-            v.tags = t.clone();
-        }
-        v.updated = patch.updated;
-        // A new `exp` reschedules the lifecycle timers for this version.
-        sqlx::query(
-            "UPDATE secret_versions SET enabled = ?, nbf = ?, exp = ?, content_type = ?, tags = ?, \
-             updated = ?, near_expiry_done = CASE WHEN ? THEN 0 ELSE near_expiry_done END, \
-             expired_done = CASE WHEN ? THEN 0 ELSE expired_done END \
-             WHERE vault_id = ? AND name_key = ? AND ordinal = ?",
-        )
-        .bind(v.enabled)
-        .bind(v.nbf)
-        .bind(v.exp)
-        .bind(&v.content_type)
-        .bind(&v.tags)
-        .bind(v.updated)
-        .bind(exp_changed)
-        .bind(exp_changed)
-        .bind(vault_id)
-        .bind(key)
-        .bind(v.ordinal)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some((secret, v)))
+        let vault_id = vault_id.to_owned();
+        let key = key.to_owned();
+        let patch = patch.clone();
+        let version = version.map(str::to_owned);
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let vault_id = vault_id.as_str();
+                    let key = key.as_str();
+                    let patch = &patch;
+                    let version = version.as_deref();
+                let join = match version {
+                    None => "v.ordinal = s.current_ordinal",
+                    Some(_) => "v.version = ?",
+                };
+                let sql = format!(
+                    "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
+                     ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND {join} \
+                     WHERE s.vault_id = ? AND s.name_key = ? AND s.deleted_at IS NULL"
+                );
+                let mut q = sqlx::query(&sql);
+                if let Some(ver) = version {
+                    q = q.bind(ver);
+                }
+                let Some(row) = q.bind(vault_id).bind(key).fetch_optional(&mut *tx).await? else {
+                    return Ok(None);
+                };
+                let (secret, mut v) = pair(&row)?;
+                let exp_changed = patch.exp.is_some_and(|e| e != v.exp);
+                if let Some(e) = patch.enabled {
+                    v.enabled = e;
+                }
+                if let Some(n) = patch.nbf {
+                    v.nbf = n;
+                }
+                if let Some(e) = patch.exp {
+                    v.exp = e;
+                }
+                if let Some(c) = &patch.content_type {
+                    v.content_type = c.clone();
+                }
+                if let Some(t) = &patch.tags {
+                    v.tags = t.clone();
+                }
+                v.updated = patch.updated;
+                // A new `exp` reschedules the lifecycle timers for this version.
+                sqlx::query(
+                    "UPDATE secret_versions SET enabled = ?, nbf = ?, exp = ?, content_type = ?, tags = ?, \
+                     updated = ?, near_expiry_done = CASE WHEN ? THEN 0 ELSE near_expiry_done END, \
+                     expired_done = CASE WHEN ? THEN 0 ELSE expired_done END \
+                     WHERE vault_id = ? AND name_key = ? AND ordinal = ?",
+                )
+                .bind(v.enabled)
+                .bind(v.nbf)
+                .bind(v.exp)
+                .bind(&v.content_type)
+                .bind(&v.tags)
+                .bind(v.updated)
+                .bind(exp_changed)
+                .bind(exp_changed)
+                .bind(vault_id)
+                .bind(key)
+                .bind(v.ordinal)
+                .execute(&mut *tx)
+                .await?;
+                Ok(Some((secret, v)))
+                })
+            })
+            .await
     }
 
     async fn all_versions(
@@ -545,43 +583,57 @@ impl Storage for SqliteStorage {
         versions: &[VersionRecord],
         events: &[EventGridEvent],
     ) -> Result<Result<SecretRecord, WriteRefused>> {
-        let mut tx = self.begin().await?;
-        let deleted_at: Option<Option<i64>> = sqlx::query_scalar(
-            "SELECT deleted_at FROM secrets WHERE vault_id = ? AND name_key = ?",
-        )
-        .bind(vault_id)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match deleted_at {
-            Some(Some(_)) => return Ok(Err(WriteRefused::Deleted)),
-            Some(None) => return Ok(Err(WriteRefused::Exists)),
-            None => {}
-        }
-        let current = versions.iter().map(|v| v.ordinal).max().unwrap_or(1);
-        sqlx::query(
-            "INSERT INTO secrets (vault_id, name_key, name, current_ordinal) VALUES (?, ?, ?, ?)",
-        )
-        .bind(vault_id)
-        .bind(key)
-        .bind(name)
-        .bind(current)
-        .execute(&mut *tx)
-        .await?;
-        for v in versions {
-            insert_version(&mut tx, vault_id, key, v).await?;
-        }
-        for e in events {
-            log_vault_event(&mut tx, vault_id, e).await?;
-        }
-        tx.commit().await?;
-        Ok(Ok(SecretRecord {
-            vault_id: vault_id.to_owned(),
-            key: key.to_owned(),
-            name: name.to_owned(),
-            deleted_at: None,
-            purge_at: None,
-        }))
+        let vault_id = vault_id.to_owned();
+        let key = key.to_owned();
+        let name = name.to_owned();
+        let versions = versions.to_vec();
+        let events = events.to_vec();
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let vault_id = vault_id.as_str();
+                    let key = key.as_str();
+                    let name = name.as_str();
+                    let versions = &versions[..];
+                    let events = &events[..];
+                let deleted_at: Option<Option<i64>> = sqlx::query_scalar(
+                    "SELECT deleted_at FROM secrets WHERE vault_id = ? AND name_key = ?",
+                )
+                .bind(vault_id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match deleted_at {
+                    Some(Some(_)) => return Ok(Err(WriteRefused::Deleted)),
+                    Some(None) => return Ok(Err(WriteRefused::Exists)),
+                    None => {}
+                }
+                let current = versions.iter().map(|v| v.ordinal).max().unwrap_or(1);
+                sqlx::query(
+                    "INSERT INTO secrets (vault_id, name_key, name, current_ordinal) VALUES (?, ?, ?, ?)",
+                )
+                .bind(vault_id)
+                .bind(key)
+                .bind(name)
+                .bind(current)
+                .execute(&mut *tx)
+                .await?;
+                for v in versions {
+                    insert_version(&mut *tx, vault_id, key, v).await?;
+                }
+                for e in events {
+                    log_vault_event(&mut *tx, vault_id, e).await?;
+                }
+                Ok(Ok(SecretRecord {
+                    vault_id: vault_id.to_owned(),
+                    key: key.to_owned(),
+                    name: name.to_owned(),
+                    deleted_at: None,
+                    purge_at: None,
+                }))
+                })
+            })
+            .await
     }
 
     async fn soft_delete(
@@ -591,23 +643,33 @@ impl Storage for SqliteStorage {
         deleted_at: i64,
         purge_at: i64,
     ) -> Result<Option<(SecretRecord, VersionRecord)>> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE secrets SET deleted_at = ?, purge_at = ? \
-             WHERE vault_id = ? AND name_key = ? AND deleted_at IS NULL",
-        )
-        .bind(deleted_at)
-        .bind(purge_at)
-        .bind(vault_id)
-        .bind(key)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let out = current_pair(&mut tx, vault_id, key).await?;
-        tx.commit().await?;
-        Ok(out)
+        let vault_id = vault_id.to_owned();
+        let key = key.to_owned();
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let vault_id = vault_id.as_str();
+                        let key = key.as_str();
+                        let done = sqlx::query(
+                            "UPDATE secrets SET deleted_at = ?, purge_at = ? \
+                     WHERE vault_id = ? AND name_key = ? AND deleted_at IS NULL",
+                        )
+                        .bind(deleted_at)
+                        .bind(purge_at)
+                        .bind(vault_id)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() == 0 {
+                            return Ok(None);
+                        }
+                        let out = current_pair(&mut *tx, vault_id, key).await?;
+                        Ok(out)
+                    })
+                },
+            )
+            .await
     }
 
     async fn get_deleted(
@@ -652,45 +714,72 @@ impl Storage for SqliteStorage {
         vault_id: &str,
         key: &str,
     ) -> Result<Option<(SecretRecord, VersionRecord)>> {
-        let mut tx = self.begin().await?;
-        let done = sqlx::query(
-            "UPDATE secrets SET deleted_at = NULL, purge_at = NULL \
-             WHERE vault_id = ? AND name_key = ? AND deleted_at IS NOT NULL",
-        )
-        .bind(vault_id)
-        .bind(key)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
-        }
-        let out = current_pair(&mut tx, vault_id, key).await?;
-        tx.commit().await?;
-        Ok(out)
+        let vault_id = vault_id.to_owned();
+        let key = key.to_owned();
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let vault_id = vault_id.as_str();
+                        let key = key.as_str();
+                        let done = sqlx::query(
+                            "UPDATE secrets SET deleted_at = NULL, purge_at = NULL \
+                     WHERE vault_id = ? AND name_key = ? AND deleted_at IS NOT NULL",
+                        )
+                        .bind(vault_id)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() == 0 {
+                            return Ok(None);
+                        }
+                        let out = current_pair(&mut *tx, vault_id, key).await?;
+                        Ok(out)
+                    })
+                },
+            )
+            .await
     }
 
     async fn purge(&self, vault_id: &str, key: &str) -> Result<bool> {
-        let done = sqlx::query(
-            "DELETE FROM secrets WHERE vault_id = ? AND name_key = ? AND deleted_at IS NOT NULL",
-        )
-        .bind(vault_id)
-        .bind(key)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let vault_id = vault_id.to_owned();
+        let key = key.to_owned();
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let vault_id = vault_id.as_str();
+                    let key = key.as_str();
+                let done = sqlx::query(
+                    "DELETE FROM secrets WHERE vault_id = ? AND name_key = ? AND deleted_at IS NOT NULL",
+                )
+                .bind(vault_id)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+                Ok(done.rows_affected() == 1)
+                })
+            })
+            .await
     }
 
     async fn purge_due(&self, now: i64) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query(
-            "DELETE FROM secrets WHERE purge_at IS NOT NULL AND purge_at <= ? \
-             RETURNING (SELECT name FROM vaults WHERE vaults.id = secrets.vault_id) AS vault, name",
-        )
-        .bind(now)
-        .fetch_all(&self.writer)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("vault")?, r.try_get("name")?)))
-            .collect()
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+
+                let rows = sqlx::query(
+                    "DELETE FROM secrets WHERE purge_at IS NOT NULL AND purge_at <= ? \
+                     RETURNING (SELECT name FROM vaults WHERE vaults.id = secrets.vault_id) AS vault, name",
+                )
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("vault")?, r.try_get("name")?)))
+                    .collect()
+                })
+            })
+            .await
     }
 
     async fn due_expiries(&self, now: i64, limit: i64) -> Result<Vec<DueExpiry>> {
@@ -745,27 +834,39 @@ impl Storage for SqliteStorage {
         kind: ExpiryKind,
         event: &EventGridEvent,
     ) -> Result<bool> {
-        let column = match kind {
-            ExpiryKind::NearExpiry => "near_expiry_done",
-            ExpiryKind::Expired => "expired_done",
-        };
-        let mut tx = self.begin().await?;
-        let claimed = sqlx::query(&format!(
-            "UPDATE secret_versions SET {column} = 1 \
-             WHERE vault_id = ? AND name_key = ? AND ordinal = ? AND {column} = 0"
-        ))
-        .bind(vault_id)
-        .bind(key)
-        .bind(ordinal)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if claimed {
-            log_vault_event(&mut tx, vault_id, event).await?;
-        }
-        tx.commit().await?;
-        Ok(claimed)
+        let vault_id = vault_id.to_owned();
+        let key = key.to_owned();
+        let event = event.clone();
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let vault_id = vault_id.as_str();
+                        let key = key.as_str();
+                        let event = &event;
+                        let column = match kind {
+                            ExpiryKind::NearExpiry => "near_expiry_done",
+                            ExpiryKind::Expired => "expired_done",
+                        };
+                        let claimed = sqlx::query(&format!(
+                            "UPDATE secret_versions SET {column} = 1 \
+                     WHERE vault_id = ? AND name_key = ? AND ordinal = ? AND {column} = 0"
+                        ))
+                        .bind(vault_id)
+                        .bind(key)
+                        .bind(ordinal)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                            == 1;
+                        if claimed {
+                            log_vault_event(&mut *tx, vault_id, event).await?;
+                        }
+                        Ok(claimed)
+                    })
+                },
+            )
+            .await
     }
 
     async fn read_events(

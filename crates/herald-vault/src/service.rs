@@ -13,7 +13,9 @@ use herald_storage::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub const MAX_VALUE_BYTES: usize = 25 * 1024;
 pub const MAX_CONTENT_TYPE: usize = 255;
@@ -141,6 +143,61 @@ pub struct VaultService {
     master: MasterKey,
     scope: ArmScope,
     urls: VaultUrls,
+    latest: Arc<LatestCache>,
+}
+
+/// The latest version of hot secrets, so reads skip the database. Local
+/// writes invalidate at once; writes on other nodes sharing the database
+/// are seen within the TTL.
+struct LatestCache {
+    ttl: Duration,
+    entries: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// Bumped by every local write; a read that raced a write is not cached.
+    writes: u64,
+    map: HashMap<(String, String), (SecretRecord, VersionRecord, Instant)>,
+}
+
+const LATEST_CACHE_MAX: usize = 10_000;
+
+impl LatestCache {
+    /// A fresh entry, or the write generation to hand back to `put`.
+    fn get(&self, vault_id: &str, key: &str) -> Result<(SecretRecord, VersionRecord), u64> {
+        let Ok(inner) = self.entries.lock() else {
+            return Err(u64::MAX);
+        };
+        match inner.map.get(&(vault_id.to_owned(), key.to_owned())) {
+            Some((s, v, at)) if at.elapsed() < self.ttl => Ok((s.clone(), v.clone())),
+            _ => Err(inner.writes),
+        }
+    }
+
+    fn put(&self, generation: u64, vault_id: &str, s: &SecretRecord, v: &VersionRecord) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut inner) = self.entries.lock()
+            && inner.writes == generation
+        {
+            if inner.map.len() >= LATEST_CACHE_MAX {
+                inner.map.clear();
+            }
+            inner.map.insert(
+                (vault_id.to_owned(), s.key.clone()),
+                (s.clone(), v.clone(), Instant::now()),
+            );
+        }
+    }
+
+    fn forget(&self, vault_id: &str, key: &str) {
+        if let Ok(mut inner) = self.entries.lock() {
+            inner.writes = inner.writes.wrapping_add(1);
+            inner.map.remove(&(vault_id.to_owned(), key.to_owned()));
+        }
+    }
 }
 
 fn aad(vault_id: &str, key: &str, version: &str) -> Vec<u8> {
@@ -185,11 +242,27 @@ impl VaultService {
         scope: ArmScope,
         urls: VaultUrls,
     ) -> Self {
+        Self::with_cache_ttl(storage, master, scope, urls, Duration::from_secs(1))
+    }
+
+    /// `cache_ttl` bounds how stale a read may be after another node writes;
+    /// zero turns the read cache off.
+    pub fn with_cache_ttl(
+        storage: Arc<dyn Storage>,
+        master: MasterKey,
+        scope: ArmScope,
+        urls: VaultUrls,
+        cache_ttl: Duration,
+    ) -> Self {
         Self {
             storage,
             master,
             scope,
             urls,
+            latest: Arc::new(LatestCache {
+                ttl: cache_ttl,
+                entries: Mutex::new(CacheInner::default()),
+            }),
         }
     }
 
@@ -365,11 +438,12 @@ impl VaultService {
             name.as_str(),
             &rec,
         );
-        match self
+        let put = self
             .storage
             .put_version(&vault.id, &key, name.as_str(), &rec, &event)
-            .await?
-        {
+            .await;
+        self.latest.forget(&vault.id, &key);
+        match put? {
             Ok(secret) => {
                 tracing::info!(vault = %vault.name, secret = %secret.name, version = %rec.version,
                     "secret version created");
@@ -408,10 +482,23 @@ impl VaultService {
                     .to_string(),
             ),
         };
-        self.storage
-            .get_version(&vault.id, &name.key(), version.as_deref())
+        let key = name.key();
+        let mut generation = u64::MAX;
+        if version.is_none() {
+            match self.latest.get(&vault.id, &key) {
+                Ok(hit) => return Ok(hit),
+                Err(g) => generation = g,
+            }
+        }
+        let found = self
+            .storage
+            .get_version(&vault.id, &key, version.as_deref())
             .await?
-            .ok_or_else(|| VaultError::SecretNotFound(name.to_string()))
+            .ok_or_else(|| VaultError::SecretNotFound(name.to_string()))?;
+        if version.is_none() {
+            self.latest.put(generation, &vault.id, &found.0, &found.1);
+        }
+        Ok(found)
     }
 
     pub async fn list_secrets(
@@ -464,8 +551,9 @@ impl VaultService {
         let out = self
             .storage
             .update_version(&vault.id, &name.key(), version.as_deref(), &patch)
-            .await?
-            .ok_or_else(|| VaultError::SecretNotFound(name.to_string()))?;
+            .await;
+        self.latest.forget(&vault.id, &name.key());
+        let out = out?.ok_or_else(|| VaultError::SecretNotFound(name.to_string()))?;
         tracing::info!(vault = %vault.name, secret = %out.0.name, version = %out.1.version,
             "secret attributes updated");
         Ok(out)
@@ -481,8 +569,9 @@ impl VaultService {
         let out = self
             .storage
             .soft_delete(&vault.id, &name.key(), t, purge_at)
-            .await?
-            .ok_or_else(|| VaultError::SecretNotFound(name.to_string()))?;
+            .await;
+        self.latest.forget(&vault.id, &name.key());
+        let out = out?.ok_or_else(|| VaultError::SecretNotFound(name.to_string()))?;
         tracing::info!(vault = %vault.name, secret = %out.0.name, purge_at, "secret soft-deleted");
         Ok(out)
     }
@@ -512,11 +601,9 @@ impl VaultService {
         vault: &VaultRecord,
         name: &SecretName,
     ) -> VaultResult<(SecretRecord, VersionRecord)> {
-        let out = self
-            .storage
-            .recover(&vault.id, &name.key())
-            .await?
-            .ok_or_else(|| VaultError::DeletedSecretNotFound(name.to_string()))?;
+        let out = self.storage.recover(&vault.id, &name.key()).await;
+        self.latest.forget(&vault.id, &name.key());
+        let out = out?.ok_or_else(|| VaultError::DeletedSecretNotFound(name.to_string()))?;
         tracing::info!(vault = %vault.name, secret = %out.0.name, "deleted secret recovered");
         Ok(out)
     }
@@ -527,7 +614,9 @@ impl VaultService {
         if vault.settings.purge_protection {
             return Err(VaultError::PurgeProtected(vault.name.clone()));
         }
-        if !self.storage.purge(&vault.id, &name.key()).await? {
+        let purged = self.storage.purge(&vault.id, &name.key()).await;
+        self.latest.forget(&vault.id, &name.key());
+        if !purged? {
             return Err(VaultError::DeletedSecretNotFound(name.to_string()));
         }
         tracing::info!(vault = %vault.name, secret = %name, "deleted secret purged");
@@ -616,11 +705,12 @@ impl VaultService {
             .max_by_key(|v| v.ordinal)
             .cloned()
             .ok_or_else(bad)?;
-        match self
+        let restored = self
             .storage
             .restore_secret(&vault.id, &key, name.as_str(), &versions, &events)
-            .await?
-        {
+            .await;
+        self.latest.forget(&vault.id, &key);
+        match restored? {
             Ok(secret) => {
                 tracing::info!(vault = %vault.name, secret = %secret.name, versions = versions.len(),
                     "secret restored from backup");

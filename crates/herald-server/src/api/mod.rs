@@ -33,9 +33,18 @@ pub fn router(state: AppState) -> Router {
         .merge(system::router())
         .merge(management)
         .merge(vault_plane)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(track))
         .with_state(state)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "This path does not support that HTTP method.",
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -505,7 +505,7 @@ async fn restore_or_404(
     State(st): State<AppState>,
     ctx: VaultCtx,
     name: NamePath,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     if name.map_err(path_err)?.0 != "restore" {
         return Err(ApiError::not_found(
@@ -513,6 +513,7 @@ async fn restore_or_404(
             "No such operation. Check the path and method.",
         ));
     }
+    let body = body.map_err(crate::error::body_rejection)?;
     let body: BlobBody = crate::error::parse_json(&body)?;
     let (s, v) = st.vault.restore(&ctx.vault, &body.value).await?;
     Ok(Json(Value::Object(shape(&ctx, &s, &v, true, None))))

@@ -1,0 +1,248 @@
+//! `herald bench`: load figures printed by a real client over real HTTPS.
+//!
+//! Starts Herald in-process on a temp data dir (or targets `--addr`), opens
+//! keep-alive HTTP/1.1 connections over TLS and drives one operation for a
+//! fixed time per run. Prints each run and the median, so figures in notes
+//! come from a command anyone can re-run.
+
+use anyhow::{Context, anyhow};
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Scenario {
+    /// GET of the latest version of one secret
+    SecretGet,
+    /// Durable SET (new version) of secrets
+    SecretSet,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// What to measure (repeat to run several)
+    #[arg(long = "scenario", value_enum, default_values_t = vec![Scenario::SecretGet, Scenario::SecretSet])]
+    scenarios: Vec<Scenario>,
+    /// Concurrent keep-alive connections
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds per run
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Runs per scenario; the median is reported
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+const TOKEN: &str = "hrd_bench_token_0123456789abcdef";
+
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    tls: TlsConnector,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let config = herald_server::Config {
+        data_dir: dir.path().to_path_buf(),
+        listen: listener.local_addr()?,
+        admin_token: Some(TOKEN.into()),
+        ..Default::default()
+    };
+    let server = herald_server::Server::build(config, listener).await?;
+    let info = server.info.clone();
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn(server.serve(shutdown.clone()));
+
+    let ca = info
+        .ca_path
+        .clone()
+        .ok_or_else(|| anyhow!("bench needs the generated CA"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(&ca)?)) {
+        let cert: CertificateDer<'static> = cert?;
+        roots.add(cert)?;
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let target = Arc::new(Target {
+        addr: info.addr,
+        host: "localhost".into(),
+        tls: TlsConnector::from(Arc::new(client)),
+    });
+
+    println!(
+        "herald bench: {} connections, {} runs x {:.1}s, server in-process on {} (storage: {})",
+        args.connections, args.runs, args.seconds, info.addr, info.storage
+    );
+    for scenario in &args.scenarios {
+        let rates = match scenario {
+            Scenario::SecretGet => {
+                one_request(
+                    &target,
+                    Method::PUT,
+                    "/secrets/bench?api-version=7.6",
+                    r#"{"value":"benchmark-value"}"#,
+                )
+                .await?;
+                measure(&target, &args, "secret-get", |_| {
+                    (
+                        Method::GET,
+                        "/secrets/bench/?api-version=7.6".into(),
+                        Bytes::new(),
+                    )
+                })
+                .await?
+            }
+            Scenario::SecretSet => {
+                measure(&target, &args, "secret-set", |i| {
+                    (
+                        Method::PUT,
+                        format!("/secrets/bench-{}?api-version=7.6", i % 256),
+                        Bytes::from_static(
+                            br#"{"value":"a new benchmark value","contentType":"text/plain"}"#,
+                        ),
+                    )
+                })
+                .await?
+            }
+        };
+        report(&format!("{scenario:?}"), &rates, "req/s");
+    }
+    shutdown.cancel();
+    let _ = serving.await;
+    Ok(())
+}
+
+pub fn report(name: &str, rates: &[f64], unit: &str) {
+    let mut sorted = rates.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
+    let runs: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+    println!(
+        "{name:<12} median {median:>10.0} {unit}   runs: [{}]",
+        runs.join(", ")
+    );
+}
+
+async fn connect(
+    t: &Target,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let tcp = tokio::net::TcpStream::connect(t.addr).await?;
+    tcp.set_nodelay(true)?;
+    let tls = t
+        .tls
+        .connect(ServerName::try_from(t.host.clone())?, tcp)
+        .await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+fn request(
+    t: &Target,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<Request<Full<Bytes>>> {
+    Ok(Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, format!("{}:{}", t.host, t.addr.port()))
+        .header(http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))?)
+}
+
+async fn one_request(
+    t: &Target,
+    method: Method,
+    path: &str,
+    body: &'static str,
+) -> anyhow::Result<()> {
+    let mut s = connect(t).await?;
+    let resp = s
+        .send_request(request(
+            t,
+            method,
+            path,
+            Bytes::from_static(body.as_bytes()),
+        )?)
+        .await?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "setup request failed: {}",
+        resp.status()
+    );
+    Ok(())
+}
+
+async fn measure<F>(
+    t: &Arc<Target>,
+    args: &BenchArgs,
+    label: &str,
+    make: F,
+) -> anyhow::Result<Vec<f64>>
+where
+    F: Fn(u64) -> (Method, String, Bytes) + Send + Sync + 'static + Clone,
+{
+    let mut rates = Vec::with_capacity(args.runs);
+    for run in 0..args.runs {
+        let done = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..args.connections {
+            let t = t.clone();
+            let done = done.clone();
+            let failed = failed.clone();
+            let make = make.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = connect(&t).await?;
+                let mut i = c as u64 * 1_000_003;
+                while Instant::now() < deadline {
+                    let (m, p, b) = make(i);
+                    i += 1;
+                    let resp = s.send_request(request(&t, m, &p, b)?).await?;
+                    let ok = resp.status().is_success();
+                    // Drain the body so the connection can be reused.
+                    let _ = resp.into_body().collect().await;
+                    if ok {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await.context("bench connection task")??;
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let rate = done.load(Ordering::Relaxed) as f64 / elapsed;
+        let failures = failed.load(Ordering::Relaxed);
+        anyhow::ensure!(
+            failures == 0,
+            "{label}: {failures} requests failed during run {run}"
+        );
+        rates.push(rate);
+    }
+    Ok(rates)
+}
