@@ -102,6 +102,35 @@ impl From<VaultError> for ApiError {
     }
 }
 
+impl From<herald_router::RouterError> for ApiError {
+    fn from(e: herald_router::RouterError) -> Self {
+        use herald_router::RouterError as R;
+        use herald_router::schema::PublishError as P;
+        let msg = e.to_string();
+        match e {
+            R::TopicNotFound(_) | R::SubscriptionNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "NotFound", msg)
+            }
+            R::TopicExists(_) => Self::new(StatusCode::CONFLICT, "Conflict", msg),
+            R::BadRequest(_) => Self::new(StatusCode::BAD_REQUEST, "BadRequest", msg),
+            R::Unauthorized(_) => Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", msg),
+            R::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "Forbidden", msg),
+            R::Publish(P::BadRequest { code, message }) => {
+                Self::new(StatusCode::BAD_REQUEST, "BadRequest", message).with_inner(code)
+            }
+            R::Publish(P::TooLarge(m)) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", m)
+            }
+            R::Publish(P::UnsupportedMediaType(m)) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                m,
+            ),
+            R::Internal(cause) => Self::internal("serving an event request", format!("{cause:#}")),
+        }
+    }
+}
+
 /// A JSON body parsed with Azure-shaped errors: 413 past the body limit,
 /// 400 for malformed JSON. The message never echoes body content, which
 /// may hold a secret value.

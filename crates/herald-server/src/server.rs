@@ -99,6 +99,8 @@ impl Server {
             subscription_id: config.subscription_id.clone(),
             resource_group: config.resource_group.clone(),
         };
+        let router =
+            herald_router::RouterService::new(storage.clone(), master.clone(), scope.clone());
         let vault = VaultService::new(storage.clone(), master, scope, urls.clone());
         vault
             .ensure_default_vault(VaultSettings {
@@ -121,6 +123,7 @@ impl Server {
             config: Arc::new(config),
             storage,
             vault,
+            router,
             tokens: Arc::new(TokenCache::default()),
             vaults: Arc::new(VaultCache::default()),
             tenant_id: tenant_id.into(),
@@ -146,6 +149,7 @@ impl Server {
             Duration::from_millis(state.config.lifecycle_interval_ms),
             shutdown.clone(),
         ));
+        let sweeper = tokio::spawn(run_router_duties(state.router.clone(), shutdown.clone()));
         let app = api::router(state);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
@@ -193,8 +197,23 @@ impl Server {
             tracing::warn!("some connections did not close within 10 s");
         }
         let _ = lifecycle.await;
+        let _ = sweeper.await;
         tracing::info!("herald stopped");
         Ok(())
+    }
+}
+
+/// Router housekeeping: expired subscriptions are deleted, as in Event Grid.
+async fn run_router_duties(router: herald_router::RouterService, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = router.sweep_expired_subscriptions().await {
+            tracing::error!(error = %e, "subscription expiry sweep failed; will retry");
+        }
     }
 }
 

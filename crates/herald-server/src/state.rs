@@ -14,6 +14,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub storage: Arc<dyn Storage>,
     pub vault: VaultService,
+    pub router: herald_router::RouterService,
     pub tokens: Arc<TokenCache>,
     pub vaults: Arc<VaultCache>,
     pub tenant_id: Arc<str>,

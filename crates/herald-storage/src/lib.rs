@@ -6,8 +6,12 @@
 //! [`open`]. Each mutating method is one transaction: a secret version and
 //! the event announcing it commit together or not at all.
 
+mod router;
 mod sqlite;
+mod sqlite_router;
 mod writer;
+
+pub use router::*;
 
 use async_trait::async_trait;
 use herald_core::EventGridEvent;
@@ -64,10 +68,18 @@ pub struct VaultRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRecord {
     pub id: String,
+    /// `system` (a vault's lifecycle events) or `custom`.
     pub kind: String,
     pub name: String,
     pub arm_id: String,
     pub created: i64,
+    /// Azure inputSchema name.
+    pub input_schema: String,
+    /// inputSchemaMapping JSON, for CustomEventSchema topics.
+    pub input_mapping: Option<String>,
+    /// Access keys sealed with the master key (empty for system topics).
+    pub key1: Vec<u8>,
+    pub key2: Vec<u8>,
 }
 
 /// The secret as a whole (all versions share it).
@@ -144,11 +156,15 @@ pub struct LoggedEvent {
     pub event: EventGridEvent,
 }
 
-#[async_trait]
-pub trait Storage: Send + Sync + 'static {
+/// A storage engine: every domain's store, behind one object.
+pub trait Storage: VaultStore + RouterStore + Send + Sync + 'static {
     /// Short engine name for logs and `herald status`.
     fn engine(&self) -> &'static str;
+}
 
+/// Settings, tokens, vaults, secrets and the event log.
+#[async_trait]
+pub trait VaultStore: Send + Sync {
     // Settings
     async fn setting(&self, key: &str) -> Result<Option<String>>;
     /// Stores `value` unless the key exists; returns what is stored.

@@ -15,8 +15,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub struct SqliteStorage {
-    reader: SqlitePool,
-    writer: Writer,
+    pub(crate) reader: SqlitePool,
+    pub(crate) writer: Writer,
 }
 
 const SECRET_COLS: &str = "s.vault_id, s.name_key, s.name, s.deleted_at, s.purge_at, \
@@ -68,13 +68,20 @@ fn vault_from_row(r: &SqliteRow) -> Result<VaultRecord> {
     })
 }
 
-fn topic_from_row(r: &SqliteRow) -> Result<TopicRecord> {
+pub(crate) const TOPIC_COLS: &str =
+    "id, kind, name, arm_id, created, input_schema, input_mapping, key1, key2";
+
+pub(crate) fn topic_from_row(r: &SqliteRow) -> Result<TopicRecord> {
     Ok(TopicRecord {
         id: r.try_get("id")?,
         kind: r.try_get("kind")?,
         name: r.try_get("name")?,
         arm_id: r.try_get("arm_id")?,
         created: r.try_get("created")?,
+        input_schema: r.try_get("input_schema")?,
+        input_mapping: r.try_get("input_mapping")?,
+        key1: r.try_get::<Option<Vec<u8>>, _>("key1")?.unwrap_or_default(),
+        key2: r.try_get::<Option<Vec<u8>>, _>("key2")?.unwrap_or_default(),
     })
 }
 
@@ -104,7 +111,7 @@ fn version_from_row(r: &SqliteRow) -> Result<VersionRecord> {
     })
 }
 
-fn pair(r: &SqliteRow) -> Result<(SecretRecord, VersionRecord)> {
+pub(crate) fn pair(r: &SqliteRow) -> Result<(SecretRecord, VersionRecord)> {
     Ok((secret_from_row(r)?, version_from_row(r)?))
 }
 
@@ -175,12 +182,14 @@ async fn current_pair(
     row.as_ref().map(pair).transpose()
 }
 
-#[async_trait]
 impl Storage for SqliteStorage {
     fn engine(&self) -> &'static str {
         "sqlite"
     }
+}
 
+#[async_trait]
+impl VaultStore for SqliteStorage {
     async fn setting(&self, key: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
@@ -273,6 +282,15 @@ impl Storage for SqliteStorage {
                 Box::pin(async move {
                     let v = &v;
                     let t = &t;
+                // The system topic shares the topic namespace; a taken name
+                // refuses the vault before anything is written.
+                let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM topics WHERE name = ?")
+                    .bind(&t.name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if taken.is_some() {
+                    return Ok(false);
+                }
                 let inserted = sqlx::query(
                     "INSERT INTO vaults (id, name, retention_days, purge_protection, near_expiry_secs, created) \
                      VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
@@ -341,9 +359,9 @@ impl Storage for SqliteStorage {
     }
 
     async fn topic_for_vault(&self, vault_id: &str) -> Result<Option<TopicRecord>> {
-        let row = sqlx::query(
-            "SELECT id, kind, name, arm_id, created FROM topics WHERE vault_id = ? AND kind = 'system'",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {TOPIC_COLS} FROM topics WHERE vault_id = ? AND kind = 'system'"
+        ))
         .bind(vault_id)
         .fetch_optional(&self.reader)
         .await?;

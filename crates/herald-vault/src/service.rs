@@ -299,6 +299,10 @@ impl VaultService {
             name: name.as_str().to_owned(),
             arm_id: self.scope.vault_topic(name.as_str()),
             created,
+            input_schema: "EventGridSchema".into(),
+            input_mapping: None,
+            key1: Vec::new(),
+            key2: Vec::new(),
         };
         if !self.storage.create_vault(&vault, &topic).await? {
             return Err(VaultError::VaultExists(name.to_string()));

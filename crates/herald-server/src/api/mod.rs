@@ -1,7 +1,9 @@
 //! HTTP routes, one module per API resource.
 
+pub mod events;
 pub mod secrets;
 pub mod system;
+pub mod topics;
 pub mod vaults;
 
 use crate::auth;
@@ -25,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         ));
     let management = Router::new()
         .nest("/api/v1/vaults", vaults::router())
+        .nest("/api/v1/topics", topics::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::admin_auth,
@@ -32,6 +35,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(system::router())
         .merge(management)
+        .merge(events::router())
         .merge(vault_plane)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

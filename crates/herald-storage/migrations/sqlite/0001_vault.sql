@@ -32,7 +32,7 @@ CREATE TABLE topics (
     arm_id   TEXT NOT NULL,
     vault_id TEXT REFERENCES vaults(id) ON DELETE CASCADE,
     created  INTEGER NOT NULL,
-    UNIQUE (kind, name)
+    UNIQUE (name)
 );
 
 CREATE TABLE secrets (

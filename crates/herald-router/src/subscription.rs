@@ -1,0 +1,346 @@
+//! Event subscription properties, with Azure's property names, validated
+//! once at the edge and stored as normalised JSON.
+
+use crate::filter::EventFilter;
+use crate::schema::{DeliverySchema, InputSchemaKind, compatible};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const MAX_LABELS: usize = 10;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebHookProperties {
+    pub endpoint_url: String,
+    #[serde(default = "one")]
+    pub max_events_per_batch: u32,
+    #[serde(default = "sixty_four")]
+    pub preferred_batch_size_in_kilobytes: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delivery_attribute_mappings: Vec<Value>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn sixty_four() -> u32 {
+    64
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "endpointType", content = "properties")]
+pub enum Destination {
+    WebHook(WebHookProperties),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSettings {
+    #[serde(default = "lock_default")]
+    pub receive_lock_duration_in_seconds: i64,
+    #[serde(default = "max_count_default")]
+    pub max_delivery_count: i64,
+    #[serde(default = "ttl_default")]
+    pub event_time_to_live: String,
+}
+
+fn lock_default() -> i64 {
+    60
+}
+fn max_count_default() -> i64 {
+    10
+}
+fn ttl_default() -> String {
+    "P1D".into()
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            receive_lock_duration_in_seconds: lock_default(),
+            max_delivery_count: max_count_default(),
+            event_time_to_live: ttl_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryConfiguration {
+    pub delivery_mode: String,
+    #[serde(default)]
+    pub queue: QueueSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    #[serde(default = "attempts_default")]
+    pub max_delivery_attempts: i64,
+    #[serde(default = "ttl_minutes_default")]
+    pub event_time_to_live_in_minutes: i64,
+}
+
+fn attempts_default() -> i64 {
+    30
+}
+fn ttl_minutes_default() -> i64 {
+    1440
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_delivery_attempts: attempts_default(),
+            event_time_to_live_in_minutes: ttl_minutes_default(),
+        }
+    }
+}
+
+/// Namespace-style filters (`filtersConfiguration`), folded into `filter`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FiltersConfiguration {
+    #[serde(default)]
+    pub included_event_types: Option<Vec<String>>,
+    #[serde(default)]
+    pub filters: Vec<crate::filter::AdvancedFilter>,
+}
+
+/// What a client sends to create or update a subscription.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionInput {
+    pub destination: Option<Destination>,
+    pub delivery_configuration: Option<DeliveryConfiguration>,
+    pub filter: Option<EventFilter>,
+    pub filters_configuration: Option<FiltersConfiguration>,
+    pub event_delivery_schema: Option<DeliverySchema>,
+    pub retry_policy: Option<RetryPolicy>,
+    pub dead_letter_destination: Option<Value>,
+    pub expiration_time_utc: Option<String>,
+    pub labels: Option<Vec<String>>,
+}
+
+/// The stored, normalised properties.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionProperties {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_configuration: Option<DeliveryConfiguration>,
+    pub filter: EventFilter,
+    pub event_delivery_schema: DeliverySchema,
+    pub retry_policy: RetryPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_destination: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expiration_time_utc: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+impl SubscriptionProperties {
+    pub fn is_queue(&self) -> bool {
+        self.delivery_configuration.is_some()
+    }
+
+    /// The queue settings, for pull subscriptions.
+    pub fn queue(&self) -> QueueSettings {
+        self.delivery_configuration
+            .as_ref()
+            .map(|d| d.queue.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn expires_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.expiration_time_utc
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+}
+
+/// Parses an ISO-8601 duration of days/hours/minutes/seconds (`P1D`, `PT10M`).
+pub fn parse_iso_duration(raw: &str) -> Option<i64> {
+    let rest = raw.strip_prefix('P')?;
+    let (date, time) = match rest.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (rest, None),
+    };
+    let mut secs = 0i64;
+    let mut num = String::new();
+    for c in date.chars() {
+        match c {
+            '0'..='9' => num.push(c),
+            'D' => secs += num.parse::<i64>().ok()? * 86_400,
+            'W' => secs += num.parse::<i64>().ok()? * 7 * 86_400,
+            _ => return None,
+        }
+        if !c.is_ascii_digit() {
+            num.clear();
+        }
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    if let Some(t) = time {
+        for c in t.chars() {
+            match c {
+                '0'..='9' => num.push(c),
+                'H' => secs += num.parse::<i64>().ok()? * 3600,
+                'M' => secs += num.parse::<i64>().ok()? * 60,
+                'S' => secs += num.parse::<i64>().ok()?,
+                _ => return None,
+            }
+            if !c.is_ascii_digit() {
+                num.clear();
+            }
+        }
+        if !num.is_empty() {
+            return None;
+        }
+    }
+    (secs > 0).then_some(secs)
+}
+
+impl SubscriptionInput {
+    /// Validates against Azure's rules and the topic's input schema.
+    pub fn normalise(self, input: &InputSchemaKind) -> Result<SubscriptionProperties, String> {
+        let mut filter = self.filter.unwrap_or_default();
+        if let Some(fc) = self.filters_configuration {
+            if filter.included_event_types.is_none() {
+                filter.included_event_types = fc.included_event_types;
+            }
+            filter.advanced_filters.extend(fc.filters);
+        }
+        filter.validate()?;
+        match (&self.destination, &self.delivery_configuration) {
+            (None, None) => {
+                return Err("Set 'destination' (endpointType WebHook) or 'deliveryConfiguration' (deliveryMode Queue).".into());
+            }
+            (Some(_), Some(_)) => {
+                return Err(
+                    "Set either 'destination' or 'deliveryConfiguration', not both.".into(),
+                );
+            }
+            (Some(Destination::WebHook(w)), None) => {
+                let url = w.endpoint_url.to_ascii_lowercase();
+                if !(url.starts_with("https://") || url.starts_with("http://"))
+                    || w.endpoint_url.len() > 2048
+                {
+                    return Err(
+                        "destination.properties.endpointUrl must be an http:// or https:// URL."
+                            .into(),
+                    );
+                }
+                if !(1..=5000).contains(&w.max_events_per_batch) {
+                    return Err("maxEventsPerBatch must be between 1 and 5000.".into());
+                }
+                if !(1..=1024).contains(&w.preferred_batch_size_in_kilobytes) {
+                    return Err("preferredBatchSizeInKilobytes must be between 1 and 1024.".into());
+                }
+                if w.delivery_attribute_mappings.len() > 10 {
+                    return Err("At most 10 deliveryAttributeMappings are allowed.".into());
+                }
+            }
+            (None, Some(d)) => {
+                if !d.delivery_mode.eq_ignore_ascii_case("Queue") {
+                    return Err("deliveryConfiguration.deliveryMode must be 'Queue'.".into());
+                }
+                let q = &d.queue;
+                if !(30..=300).contains(&q.receive_lock_duration_in_seconds) {
+                    return Err("receiveLockDurationInSeconds must be between 30 and 300.".into());
+                }
+                if !(1..=10).contains(&q.max_delivery_count) {
+                    return Err("maxDeliveryCount must be between 1 and 10.".into());
+                }
+                if parse_iso_duration(&q.event_time_to_live).is_none() {
+                    return Err(
+                        "eventTimeToLive must be an ISO-8601 duration such as P1D or PT10M.".into(),
+                    );
+                }
+            }
+        }
+        let schema = self.event_delivery_schema.unwrap_or(match input {
+            InputSchemaKind::CloudEventSchemaV1_0 => DeliverySchema::CloudEventSchemaV1_0,
+            _ => DeliverySchema::EventGridSchema,
+        });
+        if !compatible(input, schema) {
+            return Err(format!(
+                "eventDeliverySchema {schema:?} cannot be used with a topic whose inputSchema is {input:?}."
+            ));
+        }
+        let retry = self.retry_policy.unwrap_or_default();
+        if !(1..=30).contains(&retry.max_delivery_attempts) {
+            return Err("retryPolicy.maxDeliveryAttempts must be between 1 and 30.".into());
+        }
+        if !(1..=1440).contains(&retry.event_time_to_live_in_minutes) {
+            return Err("retryPolicy.eventTimeToLiveInMinutes must be between 1 and 1440.".into());
+        }
+        let labels = self.labels.unwrap_or_default();
+        if labels.len() > MAX_LABELS || labels.iter().any(|l| l.len() > 256) {
+            return Err(format!(
+                "At most {MAX_LABELS} labels of up to 256 characters are allowed."
+            ));
+        }
+        if let Some(t) = &self.expiration_time_utc
+            && chrono::DateTime::parse_from_rfc3339(t).is_err()
+        {
+            return Err(
+                "expirationTimeUtc must be an RFC 3339 time, e.g. 2030-01-01T00:00:00Z.".into(),
+            );
+        }
+        if let Some(dl) = &self.dead_letter_destination
+            && !dl.is_object()
+        {
+            return Err("deadLetterDestination must be an object.".into());
+        }
+        Ok(SubscriptionProperties {
+            destination: self.destination,
+            delivery_configuration: self.delivery_configuration,
+            filter,
+            event_delivery_schema: schema,
+            retry_policy: retry,
+            dead_letter_destination: self.dead_letter_destination,
+            expiration_time_utc: self.expiration_time_utc,
+            labels,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_iso_duration("P1D"), Some(86_400));
+        assert_eq!(parse_iso_duration("PT10M"), Some(600));
+        assert_eq!(parse_iso_duration("P1DT1H30S"), Some(90_030));
+        for bad in ["", "P", "1D", "PT", "P1X", "PT5", "P0D"] {
+            assert_eq!(parse_iso_duration(bad), None, "{bad}");
+        }
+    }
+
+    fn input(v: Value) -> Result<SubscriptionProperties, String> {
+        serde_json::from_value::<SubscriptionInput>(v)
+            .map_err(|e| e.to_string())?
+            .normalise(&InputSchemaKind::EventGridSchema)
+    }
+
+    #[test]
+    fn validation() {
+        let p =
+            input(serde_json::json!({"deliveryConfiguration": {"deliveryMode": "Queue"}})).unwrap();
+        assert!(p.is_queue());
+        assert_eq!(p.queue().max_delivery_count, 10);
+        assert!(input(serde_json::json!({})).is_err());
+        assert!(input(serde_json::json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": "ftp://x"}}})).is_err());
+        assert!(input(serde_json::json!({"destination": {"endpointType": "WebHook", "properties": {"endpointUrl": "https://x", "maxEventsPerBatch": 5001}}})).is_err());
+        assert!(input(serde_json::json!({"deliveryConfiguration": {"deliveryMode": "Queue", "queue": {"maxDeliveryCount": 11}}})).is_err());
+        assert!(input(serde_json::json!({"deliveryConfiguration": {"deliveryMode": "Queue"}, "retryPolicy": {"maxDeliveryAttempts": 31}})).is_err());
+        assert!(input(serde_json::json!({"deliveryConfiguration": {"deliveryMode": "Queue"}, "eventDeliverySchema": "CustomInputSchema"})).is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! Management API for topics and event subscriptions:
+//! `/api/v1/topics[/{topic}[/eventSubscriptions[/{name}]]]`.
+
+use crate::error::{ApiError, AzJson};
+use crate::state::AppState;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{TimeZone, Utc};
+use herald_router::schema::{InputSchemaKind, InputSchemaMapping};
+use herald_router::subscription::SubscriptionInput;
+use herald_router::{Subscription, TopicInfo};
+use herald_storage::TopicRecord;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(list_topics).post(create_topic))
+        .route("/{topic}", get(show_topic).delete(delete_topic))
+        .route("/{topic}/keys", get(keys))
+        .route("/{topic}/regenerateKey", post(regenerate_key))
+        .route("/{topic}/eventSubscriptions", get(list_subscriptions))
+        .route(
+            "/{topic}/eventSubscriptions/{name}",
+            get(show_subscription)
+                .put(put_subscription)
+                .patch(patch_subscription)
+                .delete(delete_subscription),
+        )
+        .route(
+            "/{topic}/eventSubscriptions/{name}/deadLetters",
+            get(dead_letters),
+        )
+}
+
+/// The authority the client used (HTTP/2 sends it in the URI, HTTP/1.1 in Host).
+fn host(uri: &Uri, headers: &HeaderMap) -> String {
+    uri.authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn time(t: i64) -> String {
+    Utc.timestamp_opt(t, 0)
+        .single()
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
+}
+
+fn topic_dto(r: &TopicRecord, host: &str) -> Value {
+    let mut v = json!({
+        "name": r.name,
+        "id": r.arm_id,
+        "kind": r.kind,
+        "inputSchema": r.input_schema,
+        "endpoint": format!("https://{host}/topics/{}/api/events", r.name),
+        "namespaceEndpoint": format!("https://{host}"),
+        "createdAt": time(r.created),
+    });
+    if let Some(m) = r
+        .input_mapping
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<Value>(m).ok())
+    {
+        v["inputSchemaMapping"] = m;
+    }
+    v
+}
+
+fn subscription_dto(topic: &TopicInfo, s: &Subscription) -> Value {
+    let mut v = match serde_json::to_value(&s.properties) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    v.insert("name".into(), json!(s.record.name));
+    v.insert(
+        "id".into(),
+        json!(format!(
+            "{}/providers/Microsoft.EventGrid/eventSubscriptions/{}",
+            topic.record.arm_id, s.record.name
+        )),
+    );
+    v.insert("topic".into(), json!(topic.record.arm_id));
+    v.insert(
+        "provisioningState".into(),
+        json!(s.record.provisioning_state),
+    );
+    if let Some(r) = &s.record.state_reason {
+        v.insert("stateReason".into(), json!(r));
+    }
+    v.insert("createdAt".into(), json!(time(s.record.created)));
+    v.insert("updatedAt".into(), json!(time(s.record.updated)));
+    Value::Object(v)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateTopic {
+    name: String,
+    input_schema: Option<InputSchemaKind>,
+    input_schema_mapping: Option<InputSchemaMapping>,
+}
+
+async fn create_topic(
+    State(st): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    AzJson(body): AzJson<CreateTopic>,
+) -> Result<impl IntoResponse, ApiError> {
+    let t = st
+        .router
+        .create_topic(
+            &body.name,
+            body.input_schema
+                .unwrap_or(InputSchemaKind::EventGridSchema),
+            body.input_schema_mapping,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(topic_dto(&t.record, &host(&uri, &headers))),
+    ))
+}
+
+async fn list_topics(
+    State(st): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let h = host(&uri, &headers);
+    let topics: Vec<Value> = st
+        .router
+        .list_topics()
+        .await?
+        .iter()
+        .map(|t| topic_dto(t, &h))
+        .collect();
+    Ok(Json(json!({ "value": topics })))
+}
+
+async fn show_topic(
+    State(st): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let t = st.router.topic(&name).await?;
+    let mut v = topic_dto(&t.record, &host(&uri, &headers));
+    v["metrics"] = json!(st.router.topic_metrics(&t).await?);
+    v["eventSubscriptions"] = json!(st.router.list_subscriptions(&name).await?.len());
+    Ok(Json(v))
+}
+
+async fn delete_topic(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.router.delete_topic(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn keys(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let [key1, key2] = st.router.keys(&name).await?;
+    Ok(Json(json!({ "key1": key1, "key2": key2 })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RegenerateKey {
+    key_name: String,
+}
+
+async fn regenerate_key(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    AzJson(body): AzJson<RegenerateKey>,
+) -> Result<Json<Value>, ApiError> {
+    let [key1, key2] = st.router.regenerate_key(&name, &body.key_name).await?;
+    Ok(Json(json!({ "key1": key1, "key2": key2 })))
+}
+
+async fn list_subscriptions(
+    State(st): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let t = st.router.topic(&topic).await?;
+    let subs: Vec<Value> = st
+        .router
+        .list_subscriptions(&topic)
+        .await?
+        .iter()
+        .map(|s| subscription_dto(&t, s))
+        .collect();
+    Ok(Json(json!({ "value": subs })))
+}
+
+async fn show_subscription(
+    State(st): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (t, s) = st.router.subscription(&topic, &name).await?;
+    let mut v = subscription_dto(&t, &s);
+    v["metrics"] = json!(st.router.subscription_metrics(&s).await?);
+    Ok(Json(v))
+}
+
+/// ARM clients wrap properties in `{"properties": {...}}`; accept both.
+fn unwrap_properties(body: Value) -> Value {
+    match body {
+        Value::Object(mut m) if m.get("properties").is_some_and(Value::is_object) => {
+            m.remove("properties").unwrap_or_default()
+        }
+        other => other,
+    }
+}
+
+fn parse_input(body: Value) -> Result<SubscriptionInput, ApiError> {
+    serde_json::from_value(unwrap_properties(body)).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("Invalid event subscription: {e}"),
+        )
+    })
+}
+
+async fn put_subscription(
+    State(st): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+    AzJson(body): AzJson<Value>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (s, created) = st
+        .router
+        .put_subscription(&topic, &name, parse_input(body)?)
+        .await?;
+    let t = st.router.topic(&topic).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(subscription_dto(&t, &s))))
+}
+
+/// PATCH merges top-level properties into the stored ones.
+async fn patch_subscription(
+    State(st): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+    AzJson(body): AzJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let (_, existing) = st.router.subscription(&topic, &name).await?;
+    let mut merged = match serde_json::to_value(&existing.properties) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let Value::Object(patch) = unwrap_properties(body) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "The body must be a JSON object.",
+        ));
+    };
+    for (k, v) in patch {
+        merged.insert(k, v);
+    }
+    let (s, _) = st
+        .router
+        .put_subscription(&topic, &name, parse_input(Value::Object(merged))?)
+        .await?;
+    let t = st.router.topic(&topic).await?;
+    Ok(Json(subscription_dto(&t, &s)))
+}
+
+async fn delete_subscription(
+    State(st): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    st.router.delete_subscription(&topic, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct Page {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn dead_letters(
+    State(st): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(page) = page.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Use ?after=<id>&limit=<1-1000>.",
+        )
+    })?;
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let (t, _, rows) = st
+        .router
+        .dead_letters(&topic, &name, page.after.unwrap_or(0), limit)
+        .await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|d| {
+            let event = herald_router::schema::render(
+                &d.body,
+                &t.input,
+                herald_router::schema::DeliverySchema::CloudEventSchemaV1_0,
+                false,
+            )
+            .unwrap_or(Value::Null);
+            json!({
+                "id": d.id,
+                "event": event,
+                "deadLetterReason": d.reason,
+                "deliveryAttempts": d.delivery_count,
+                "lastDeliveryOutcome": d.last_outcome,
+                "publishTime": time(d.published_at),
+                "deadLetteredTime": time(d.dead_lettered_at),
+            })
+        })
+        .collect();
+    let next = rows
+        .last()
+        .filter(|_| rows.len() as i64 == limit)
+        .map(|d| d.id);
+    Ok(Json(json!({ "value": items, "nextAfter": next })))
+}

@@ -1,0 +1,171 @@
+//! The router's part of the storage seam.
+
+use crate::Result;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub id: String,
+    pub topic_id: String,
+    pub name: String,
+    /// The subscription's properties as Azure-named JSON.
+    pub config: String,
+    pub provisioning_state: String,
+    pub state_reason: Option<String>,
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// One event to append to a topic log.
+#[derive(Debug, Clone)]
+pub struct NewLogEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// A log row as filters and deliveries see it.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub seq: i64,
+    pub event_type: String,
+    pub subject: String,
+    pub body: String,
+    /// Unix seconds when the event was accepted.
+    pub published_at: i64,
+}
+
+/// Decides whether a log row belongs to a subscription.
+pub type Matcher = Arc<dyn Fn(&LogRow) -> bool + Send + Sync>;
+
+/// How one claim of a subscription's queue behaves. Times are unix ms.
+#[derive(Debug, Clone)]
+pub struct ClaimOptions {
+    pub max: i64,
+    pub now_ms: i64,
+    pub lock_ms: i64,
+    /// A message handed out this many times is dead-lettered instead.
+    pub max_delivery_count: i64,
+    /// Messages older than this are dead-lettered instead.
+    pub ttl_ms: i64,
+    /// Log rows inspected per claim while looking for matches.
+    pub scan_limit: i64,
+}
+
+/// A message locked for a receiver.
+#[derive(Debug, Clone)]
+pub struct ClaimedMessage {
+    pub row: LogRow,
+    pub lock_token: String,
+    pub delivery_count: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleAction {
+    Acknowledge,
+    /// Make the message available again after a delay.
+    Release {
+        delay_ms: i64,
+    },
+    Reject,
+    /// Extend the lock, unless the first lock is older than `max_hold_ms`.
+    RenewLock {
+        lock_ms: i64,
+        max_hold_ms: i64,
+    },
+}
+
+/// Why one lock token could not be settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleFailure {
+    /// Unknown, already settled, or expired.
+    TokenLost,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetterRecord {
+    pub id: i64,
+    pub seq: i64,
+    pub body: String,
+    pub reason: String,
+    pub delivery_count: i64,
+    pub last_outcome: Option<String>,
+    pub published_at: i64,
+    pub dead_lettered_at: i64,
+}
+
+#[async_trait]
+pub trait RouterStore: Send + Sync {
+    async fn create_topic(&self, topic: &crate::TopicRecord) -> Result<bool>;
+    async fn topic_by_name(&self, name: &str) -> Result<Option<crate::TopicRecord>>;
+    async fn list_topics(&self) -> Result<Vec<crate::TopicRecord>>;
+    /// Deletes a custom topic with its subscriptions and log.
+    async fn delete_topic(&self, name: &str) -> Result<bool>;
+    async fn set_topic_key(&self, topic_id: &str, which: u8, sealed: &[u8]) -> Result<bool>;
+
+    /// Appends events in order; returns the last sequence number.
+    async fn append_events(&self, topic_id: &str, events: Vec<NewLogEvent>) -> Result<i64>;
+    /// The newest sequence number of a topic (0 when empty).
+    async fn head_seq(&self, topic_id: &str) -> Result<i64>;
+
+    /// Creates (cursor at the log's head: only later events are seen) or
+    /// replaces a subscription's properties. Returns whether it was created.
+    async fn put_subscription(&self, sub: &SubscriptionRecord) -> Result<bool>;
+    async fn subscription(&self, topic_id: &str, name: &str) -> Result<Option<SubscriptionRecord>>;
+    async fn list_subscriptions(&self, topic_id: &str) -> Result<Vec<SubscriptionRecord>>;
+    async fn delete_subscription(&self, topic_id: &str, name: &str) -> Result<bool>;
+    async fn set_subscription_state(
+        &self,
+        id: &str,
+        state: &str,
+        reason: Option<&str>,
+    ) -> Result<()>;
+
+    /// Locks up to `max` messages: due in-flight ones first, then new
+    /// matching log rows past the cursor. Messages past their delivery count
+    /// or TTL are dead-lettered on the way.
+    async fn claim(
+        &self,
+        subscription_id: &str,
+        topic_id: &str,
+        opts: ClaimOptions,
+        matcher: Matcher,
+    ) -> Result<Vec<ClaimedMessage>>;
+    /// Settles locked messages by token; one result per token, in order.
+    async fn settle(
+        &self,
+        subscription_id: &str,
+        tokens: Vec<String>,
+        action: SettleAction,
+        now_ms: i64,
+    ) -> Result<Vec<Result<(), SettleFailure>>>;
+    async fn dead_letters(
+        &self,
+        subscription_id: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterRecord>>;
+    /// Events not yet handed out plus those in flight.
+    async fn backlog(&self, subscription_id: &str) -> Result<i64>;
+    /// Durable counters of one scope (a topic or subscription id).
+    async fn counters(&self, scope: &str) -> Result<Vec<(String, i64)>>;
+}
+
+/// Lock tokens are opaque to clients but carry the message's sequence so
+/// settling finds the row directly; the random part makes each unique.
+pub fn lock_token(seq: i64) -> String {
+    use base64::Engine;
+    let nonce: u64 = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(format!("{seq}.{nonce:016x}"))
+}
+
+pub fn lock_token_seq(token: &str) -> Option<i64> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()?;
+    let text = std::str::from_utf8(&raw).ok()?;
+    text.split_once('.')?.0.parse().ok()
+}

@@ -1,0 +1,671 @@
+//! The router's tables on SQLite. Every mutation runs through the group
+//! committer, so a claim or settle is one serialised transaction.
+
+use crate::router::*;
+use crate::sqlite::{SqliteStorage, TOPIC_COLS, topic_from_row};
+use crate::writer::BoxFuture;
+use crate::{Result, TopicRecord};
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+const SUB_COLS: &str =
+    "id, topic_id, name, config, provisioning_state, state_reason, created, updated";
+
+fn sub_from_row(r: &SqliteRow) -> Result<SubscriptionRecord> {
+    Ok(SubscriptionRecord {
+        id: r.try_get("id")?,
+        topic_id: r.try_get("topic_id")?,
+        name: r.try_get("name")?,
+        config: r.try_get("config")?,
+        provisioning_state: r.try_get("provisioning_state")?,
+        state_reason: r.try_get("state_reason")?,
+        created: r.try_get("created")?,
+        updated: r.try_get("updated")?,
+    })
+}
+
+fn log_row(r: &SqliteRow) -> Result<LogRow> {
+    Ok(LogRow {
+        seq: r.try_get("seq")?,
+        event_type: r.try_get("event_type")?,
+        subject: r.try_get("subject")?,
+        body: r.try_get("body")?,
+        published_at: r.try_get("created")?,
+    })
+}
+
+async fn bump(tx: &mut SqliteConnection, scope: &str, name: &str, by: i64) -> Result<()> {
+    if by == 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO counters (scope, name, value) VALUES (?, ?, ?) \
+         ON CONFLICT (scope, name) DO UPDATE SET value = value + excluded.value",
+    )
+    .bind(scope)
+    .bind(name)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    tx: &mut SqliteConnection,
+    sub: &str,
+    row: &LogRow,
+    reason: &str,
+    delivery_count: i64,
+    last_outcome: Option<&str>,
+    now_ms: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO dead_letters (subscription_id, seq, body, reason, delivery_count, last_outcome, \
+         published_at, dead_lettered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(sub)
+    .bind(row.seq)
+    .bind(&row.body)
+    .bind(reason)
+    .bind(delivery_count)
+    .bind(last_outcome)
+    .bind(row.published_at)
+    .bind(now_ms / 1000)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM subscription_messages WHERE subscription_id = ? AND seq = ?")
+        .bind(sub)
+        .bind(row.seq)
+        .execute(&mut *tx)
+        .await?;
+    bump(tx, sub, "deadLettered", 1).await
+}
+
+async fn claim_in(
+    tx: &mut SqliteConnection,
+    sub: &str,
+    topic_id: &str,
+    o: &ClaimOptions,
+    matcher: &Matcher,
+) -> Result<Vec<ClaimedMessage>> {
+    let Some(cursor): Option<i64> =
+        sqlx::query_scalar("SELECT cursor_seq FROM event_subscriptions WHERE id = ?")
+            .bind(sub)
+            .fetch_optional(&mut *tx)
+            .await?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let expired = |row: &LogRow| o.now_ms - row.published_at * 1000 >= o.ttl_ms;
+
+    // Messages already in flight that are due again come first, in order.
+    let due = sqlx::query(
+        "SELECT m.seq, m.delivery_count, m.last_outcome, e.event_type, e.subject, e.body, e.created \
+         FROM subscription_messages m JOIN event_log e ON e.seq = m.seq \
+         WHERE m.subscription_id = ? AND ((m.state = 'ready' AND m.available_at <= ?2) \
+            OR (m.state = 'locked' AND m.lock_expires_at <= ?2)) \
+         ORDER BY m.seq LIMIT ?3",
+    )
+    .bind(sub)
+    .bind(o.now_ms)
+    .bind(o.max)
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in &due {
+        let row = log_row(r)?;
+        let count: i64 = r.try_get("delivery_count")?;
+        let outcome: Option<String> = r.try_get("last_outcome")?;
+        if count >= o.max_delivery_count {
+            dead_letter(
+                tx,
+                sub,
+                &row,
+                "MaxDeliveryAttemptsExceeded",
+                count,
+                outcome.as_deref(),
+                o.now_ms,
+            )
+            .await?;
+            continue;
+        }
+        if expired(&row) {
+            dead_letter(
+                tx,
+                sub,
+                &row,
+                "TimeToLiveExceeded",
+                count,
+                outcome.as_deref(),
+                o.now_ms,
+            )
+            .await?;
+            continue;
+        }
+        let token = lock_token(row.seq);
+        sqlx::query(
+            "UPDATE subscription_messages SET state = 'locked', lock_token = ?, lock_expires_at = ?, \
+             first_locked_at = ?, delivery_count = delivery_count + 1 \
+             WHERE subscription_id = ? AND seq = ?",
+        )
+        .bind(&token)
+        .bind(o.now_ms + o.lock_ms)
+        .bind(o.now_ms)
+        .bind(sub)
+        .bind(row.seq)
+        .execute(&mut *tx)
+        .await?;
+        out.push(ClaimedMessage {
+            row,
+            lock_token: token,
+            delivery_count: count + 1,
+        });
+    }
+    if out.len() as i64 >= o.max {
+        return Ok(out);
+    }
+
+    // Then new log rows past the cursor, filtered here so only matches
+    // ever get a per-subscription row.
+    let fresh = sqlx::query(
+        "SELECT seq, event_type, subject, body, created FROM event_log \
+         WHERE topic_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+    )
+    .bind(topic_id)
+    .bind(cursor)
+    .bind(o.scan_limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (mut matched, mut unmatched) = (0, 0);
+    let mut next_cursor = cursor;
+    let mut inserts: Vec<(i64, String)> = Vec::new();
+    for r in &fresh {
+        if out.len() as i64 >= o.max {
+            break;
+        }
+        let row = log_row(r)?;
+        next_cursor = row.seq + 1;
+        if !matcher(&row) {
+            unmatched += 1;
+            continue;
+        }
+        matched += 1;
+        if expired(&row) {
+            sqlx::query(
+                "INSERT INTO dead_letters (subscription_id, seq, body, reason, delivery_count, \
+                 published_at, dead_lettered_at) VALUES (?, ?, ?, 'TimeToLiveExceeded', 0, ?, ?)",
+            )
+            .bind(sub)
+            .bind(row.seq)
+            .bind(&row.body)
+            .bind(row.published_at)
+            .bind(o.now_ms / 1000)
+            .execute(&mut *tx)
+            .await?;
+            bump(tx, sub, "deadLettered", 1).await?;
+            continue;
+        }
+        let token = lock_token(row.seq);
+        inserts.push((row.seq, token.clone()));
+        out.push(ClaimedMessage {
+            row,
+            lock_token: token,
+            delivery_count: 1,
+        });
+    }
+    for chunk in inserts.chunks(100) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO subscription_messages (subscription_id, seq, state, available_at, lock_token, \
+             lock_expires_at, first_locked_at, delivery_count, enqueued_at) ",
+        );
+        q.push_values(chunk, |mut b, (seq, token)| {
+            b.push_bind(sub)
+                .push_bind(*seq)
+                .push_bind("locked")
+                .push_bind(o.now_ms)
+                .push_bind(token.as_str())
+                .push_bind(o.now_ms + o.lock_ms)
+                .push_bind(o.now_ms)
+                .push_bind(1i64)
+                .push_bind(o.now_ms);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    if next_cursor != cursor {
+        sqlx::query("UPDATE event_subscriptions SET cursor_seq = ? WHERE id = ?")
+            .bind(next_cursor)
+            .bind(sub)
+            .execute(&mut *tx)
+            .await?;
+    }
+    bump(tx, sub, "matched", matched).await?;
+    bump(tx, sub, "unmatched", unmatched).await?;
+    Ok(out)
+}
+
+async fn settle_in(
+    tx: &mut SqliteConnection,
+    sub: &str,
+    tokens: &[String],
+    action: SettleAction,
+    now_ms: i64,
+) -> Result<Vec<Result<(), SettleFailure>>> {
+    let mut results = Vec::with_capacity(tokens.len());
+    let mut delivered = 0;
+    for token in tokens {
+        let Some(seq) = lock_token_seq(token) else {
+            results.push(Err(SettleFailure::TokenLost));
+            continue;
+        };
+        let row = sqlx::query(
+            "SELECT m.delivery_count, m.first_locked_at, m.last_outcome, e.seq, e.event_type, e.subject, \
+             e.body, e.created FROM subscription_messages m JOIN event_log e ON e.seq = m.seq \
+             WHERE m.subscription_id = ? AND m.seq = ? AND m.state = 'locked' AND m.lock_token = ? \
+             AND m.lock_expires_at > ?",
+        )
+        .bind(sub)
+        .bind(seq)
+        .bind(token)
+        .bind(now_ms)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            results.push(Err(SettleFailure::TokenLost));
+            continue;
+        };
+        match action {
+            SettleAction::Acknowledge => {
+                sqlx::query(
+                    "DELETE FROM subscription_messages WHERE subscription_id = ? AND seq = ?",
+                )
+                .bind(sub)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                delivered += 1;
+            }
+            SettleAction::Release { delay_ms } => {
+                sqlx::query(
+                    "UPDATE subscription_messages SET state = 'ready', available_at = ?, lock_token = NULL, \
+                     lock_expires_at = NULL WHERE subscription_id = ? AND seq = ?",
+                )
+                .bind(now_ms + delay_ms)
+                .bind(sub)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+            }
+            SettleAction::Reject => {
+                let count: i64 = row.try_get("delivery_count")?;
+                let outcome: Option<String> = row.try_get("last_outcome")?;
+                dead_letter(
+                    tx,
+                    sub,
+                    &log_row(&row)?,
+                    "Rejected",
+                    count,
+                    outcome.as_deref(),
+                    now_ms,
+                )
+                .await?;
+            }
+            SettleAction::RenewLock {
+                lock_ms,
+                max_hold_ms,
+            } => {
+                let first: i64 = row
+                    .try_get::<Option<i64>, _>("first_locked_at")?
+                    .unwrap_or(now_ms);
+                if now_ms - first > max_hold_ms {
+                    results.push(Err(SettleFailure::TokenLost));
+                    continue;
+                }
+                sqlx::query(
+                    "UPDATE subscription_messages SET lock_expires_at = ? WHERE subscription_id = ? AND seq = ?",
+                )
+                .bind(now_ms + lock_ms)
+                .bind(sub)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        results.push(Ok(()));
+    }
+    bump(tx, sub, "delivered", delivered).await?;
+    Ok(results)
+}
+
+#[async_trait]
+impl RouterStore for SqliteStorage {
+    async fn create_topic(&self, t: &TopicRecord) -> Result<bool> {
+        let t = t.clone();
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "INSERT INTO topics (id, kind, name, arm_id, created, input_schema, input_mapping, key1, key2) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                    )
+                    .bind(&t.id)
+                    .bind(&t.kind)
+                    .bind(&t.name)
+                    .bind(&t.arm_id)
+                    .bind(t.created)
+                    .bind(&t.input_schema)
+                    .bind(&t.input_mapping)
+                    .bind(&t.key1)
+                    .bind(&t.key2)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            })
+            .await
+    }
+
+    async fn topic_by_name(&self, name: &str) -> Result<Option<TopicRecord>> {
+        let row = sqlx::query(&format!("SELECT {TOPIC_COLS} FROM topics WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(topic_from_row).transpose()
+    }
+
+    async fn list_topics(&self) -> Result<Vec<TopicRecord>> {
+        let rows = sqlx::query(&format!("SELECT {TOPIC_COLS} FROM topics ORDER BY name"))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(topic_from_row).collect()
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let id: Option<String> = sqlx::query_scalar(
+                            "SELECT id FROM topics WHERE name = ? AND kind = 'custom'",
+                        )
+                        .bind(&name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let Some(id) = id else { return Ok(false) };
+                        sqlx::query("DELETE FROM event_log WHERE topic_id = ?")
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await?;
+                        sqlx::query("DELETE FROM topics WHERE id = ?")
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await?;
+                        Ok(true)
+                    })
+                },
+            )
+            .await
+    }
+
+    async fn set_topic_key(&self, topic_id: &str, which: u8, sealed: &[u8]) -> Result<bool> {
+        let (topic_id, sealed) = (topic_id.to_owned(), sealed.to_vec());
+        let column = if which == 2 { "key2" } else { "key1" };
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let done =
+                            sqlx::query(&format!("UPDATE topics SET {column} = ? WHERE id = ?"))
+                                .bind(&sealed)
+                                .bind(&topic_id)
+                                .execute(&mut *tx)
+                                .await?;
+                        Ok(done.rows_affected() == 1)
+                    })
+                },
+            )
+            .await
+    }
+
+    async fn append_events(&self, topic_id: &str, events: Vec<NewLogEvent>) -> Result<i64> {
+        let topic_id = topic_id.to_owned();
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let now: i64 = sqlx::query_scalar("SELECT unixepoch()").fetch_one(&mut *tx).await?;
+                    for chunk in events.chunks(200) {
+                        let mut q = QueryBuilder::<Sqlite>::new(
+                            "INSERT INTO event_log (topic_id, event_id, event_type, subject, body, created) ",
+                        );
+                        q.push_values(chunk, |mut b, e| {
+                            b.push_bind(topic_id.as_str())
+                                .push_bind(e.event_id.as_str())
+                                .push_bind(e.event_type.as_str())
+                                .push_bind(e.subject.as_str())
+                                .push_bind(e.body.as_str())
+                                .push_bind(now);
+                        });
+                        q.build().execute(&mut *tx).await?;
+                    }
+                    bump(tx, &topic_id, "published", events.len() as i64).await?;
+                    let last: i64 = sqlx::query_scalar("SELECT last_insert_rowid()").fetch_one(&mut *tx).await?;
+                    Ok(last)
+                })
+            })
+            .await
+    }
+
+    async fn head_seq(&self, topic_id: &str) -> Result<i64> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM event_log WHERE topic_id = ?")
+                .bind(topic_id)
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn put_subscription(&self, s: &SubscriptionRecord) -> Result<bool> {
+        let s = s.clone();
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let exists: Option<String> = sqlx::query_scalar(
+                        "SELECT id FROM event_subscriptions WHERE topic_id = ? AND name = ?",
+                    )
+                    .bind(&s.topic_id)
+                    .bind(&s.name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if exists.is_some() {
+                        sqlx::query(
+                            "UPDATE event_subscriptions SET config = ?, provisioning_state = ?, state_reason = ?, \
+                             updated = ? WHERE topic_id = ? AND name = ?",
+                        )
+                        .bind(&s.config)
+                        .bind(&s.provisioning_state)
+                        .bind(&s.state_reason)
+                        .bind(s.updated)
+                        .bind(&s.topic_id)
+                        .bind(&s.name)
+                        .execute(&mut *tx)
+                        .await?;
+                        return Ok(false);
+                    }
+                    // A new subscription sees events published after it exists.
+                    sqlx::query(
+                        "INSERT INTO event_subscriptions (id, topic_id, name, config, provisioning_state, \
+                         state_reason, cursor_seq, created, updated) \
+                         VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM event_log), ?, ?)",
+                    )
+                    .bind(&s.id)
+                    .bind(&s.topic_id)
+                    .bind(&s.name)
+                    .bind(&s.config)
+                    .bind(&s.provisioning_state)
+                    .bind(&s.state_reason)
+                    .bind(s.created)
+                    .bind(s.updated)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(true)
+                })
+            })
+            .await
+    }
+
+    async fn subscription(&self, topic_id: &str, name: &str) -> Result<Option<SubscriptionRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SUB_COLS} FROM event_subscriptions WHERE topic_id = ? AND name = ?"
+        ))
+        .bind(topic_id)
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(sub_from_row).transpose()
+    }
+
+    async fn list_subscriptions(&self, topic_id: &str) -> Result<Vec<SubscriptionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SUB_COLS} FROM event_subscriptions WHERE topic_id = ? ORDER BY name"
+        ))
+        .bind(topic_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(sub_from_row).collect()
+    }
+
+    async fn delete_subscription(&self, topic_id: &str, name: &str) -> Result<bool> {
+        let (topic_id, name) = (topic_id.to_owned(), name.to_owned());
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let done = sqlx::query(
+                            "DELETE FROM event_subscriptions WHERE topic_id = ? AND name = ?",
+                        )
+                        .bind(&topic_id)
+                        .bind(&name)
+                        .execute(&mut *tx)
+                        .await?;
+                        Ok(done.rows_affected() == 1)
+                    })
+                },
+            )
+            .await
+    }
+
+    async fn set_subscription_state(
+        &self,
+        id: &str,
+        state: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let (id, state, reason) = (id.to_owned(), state.to_owned(), reason.map(str::to_owned));
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        sqlx::query(
+                        "UPDATE event_subscriptions SET provisioning_state = ?, state_reason = ?, \
+                         updated = unixepoch() WHERE id = ?",
+                    )
+                    .bind(&state)
+                    .bind(&reason)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                        Ok(())
+                    })
+                },
+            )
+            .await
+    }
+
+    async fn claim(
+        &self,
+        subscription_id: &str,
+        topic_id: &str,
+        opts: ClaimOptions,
+        matcher: Matcher,
+    ) -> Result<Vec<ClaimedMessage>> {
+        let (sub, topic) = (subscription_id.to_owned(), topic_id.to_owned());
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move { claim_in(tx, &sub, &topic, &opts, &matcher).await })
+                },
+            )
+            .await
+    }
+
+    async fn settle(
+        &self,
+        subscription_id: &str,
+        tokens: Vec<String>,
+        action: SettleAction,
+        now_ms: i64,
+    ) -> Result<Vec<Result<(), SettleFailure>>> {
+        let sub = subscription_id.to_owned();
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move { settle_in(tx, &sub, &tokens, action, now_ms).await })
+                },
+            )
+            .await
+    }
+
+    async fn dead_letters(
+        &self,
+        subscription_id: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<DeadLetterRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, seq, body, reason, delivery_count, last_outcome, published_at, dead_lettered_at \
+             FROM dead_letters WHERE subscription_id = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(subscription_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeadLetterRecord {
+                    id: r.try_get("id")?,
+                    seq: r.try_get("seq")?,
+                    body: r.try_get("body")?,
+                    reason: r.try_get("reason")?,
+                    delivery_count: r.try_get("delivery_count")?,
+                    last_outcome: r.try_get("last_outcome")?,
+                    published_at: r.try_get("published_at")?,
+                    dead_lettered_at: r.try_get("dead_lettered_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn backlog(&self, subscription_id: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM event_log e JOIN event_subscriptions s ON e.topic_id = s.topic_id \
+               WHERE s.id = ?1 AND e.seq >= s.cursor_seq) \
+             + (SELECT COUNT(*) FROM subscription_messages WHERE subscription_id = ?1)",
+        )
+        .bind(subscription_id)
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    async fn counters(&self, scope: &str) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT name, value FROM counters WHERE scope = ? ORDER BY name")
+            .bind(scope)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
+            .collect()
+    }
+}
