@@ -25,12 +25,16 @@ pub enum Scenario {
     SecretGet,
     /// Durable SET (new version) of secrets
     SecretSet,
+    /// Durable publish of 100 x 1 KB event batches, with 1, 10 and 100 matching subscriptions
+    Publish,
+    /// Pull receive (maxEvents 100) + acknowledge on one subscription
+    PullReceiveAck,
 }
 
 #[derive(Args)]
 pub struct BenchArgs {
     /// What to measure (repeat to run several)
-    #[arg(long = "scenario", value_enum, default_values_t = vec![Scenario::SecretGet, Scenario::SecretSet])]
+    #[arg(long = "scenario", value_enum, default_values_t = vec![Scenario::SecretGet, Scenario::SecretSet, Scenario::Publish, Scenario::PullReceiveAck])]
     scenarios: Vec<Scenario>,
     /// Concurrent keep-alive connections
     #[arg(long, default_value_t = 32)]
@@ -41,6 +45,12 @@ pub struct BenchArgs {
     /// Runs per scenario; the median is reported
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Subscription counts for the publish scenario
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 10, 100])]
+    subscriptions: Vec<usize>,
+    /// Events queued (and then drained) per run of the pull scenario
+    #[arg(long, default_value_t = 100_000)]
+    backlog: u64,
 }
 
 const TOKEN: &str = "hrd_bench_token_0123456789abcdef";
@@ -91,6 +101,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.connections, args.runs, args.seconds, info.addr, info.storage
     );
     for scenario in &args.scenarios {
+        if *scenario == Scenario::Publish {
+            for &subs in &args.subscriptions {
+                let topic = format!("bench-pub-{subs}");
+                setup_topic(&target, &topic, subs).await?;
+                let body = event_batch(100);
+                let path = format!("/topics/{topic}/api/events?api-version=2018-01-01");
+                let rates = measure(&target, &args, "publish", move |_| (Method::POST, path.clone(), body.clone())).await?;
+                let events: Vec<f64> = rates.iter().map(|r| r * 100.0).collect();
+                report(&format!("Publish ({subs} subs)"), &events, "events/s");
+            }
+            continue;
+        }
+        if *scenario == Scenario::PullReceiveAck {
+            setup_topic(&target, "bench-pull", 1).await?;
+            let mut rates = Vec::new();
+            for _ in 0..args.runs {
+                fill(&target, "bench-pull", args.backlog).await?;
+                rates.push(drain(&target, "bench-pull", "sub-0", args.backlog, 4).await?);
+            }
+            report("PullReceiveAck", &rates, "events/s");
+            continue;
+        }
         let rates = match scenario {
             Scenario::SecretGet => {
                 one_request(
@@ -109,6 +141,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 })
                 .await?
             }
+            Scenario::Publish | Scenario::PullReceiveAck => continue,
             Scenario::SecretSet => {
                 measure(&target, &args, "secret-set", |i| {
                     (
@@ -129,13 +162,123 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One request on a fresh connection; returns status and body.
+async fn call(t: &Target, method: Method, path: &str, body: Bytes) -> anyhow::Result<(http::StatusCode, Bytes)> {
+    let mut s = connect(t).await?;
+    let resp = s.send_request(request(t, method, path, body)?).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, body))
+}
+
+/// A topic with `subs` Queue subscriptions that match every event.
+async fn setup_topic(t: &Target, topic: &str, subs: usize) -> anyhow::Result<()> {
+    let (status, _) = call(t, Method::POST, "/api/v1/topics", Bytes::from(format!(r#"{{"name":"{topic}"}}"#))).await?;
+    anyhow::ensure!(status.is_success(), "creating topic {topic}: {status}");
+    for i in 0..subs {
+        let (status, _) = call(
+            t,
+            Method::PUT,
+            &format!("/api/v1/topics/{topic}/eventSubscriptions/sub-{i}"),
+            Bytes::from_static(br#"{"deliveryConfiguration":{"deliveryMode":"Queue","queue":{"receiveLockDurationInSeconds":300}}}"#),
+        )
+        .await?;
+        anyhow::ensure!(status.is_success(), "creating subscription: {status}");
+    }
+    Ok(())
+}
+
+/// `n` Event Grid events of about 1 KB each, as one publish body.
+fn event_batch(n: usize) -> Bytes {
+    let pad = "x".repeat(800);
+    let events: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("evt-{i}"), "eventType": "Bench.Event", "subject": format!("/bench/{i}"),
+                "eventTime": "2026-01-01T00:00:00Z", "dataVersion": "1.0",
+                "data": {"index": i, "payload": pad},
+            })
+        })
+        .collect();
+    Bytes::from(serde_json::to_vec(&events).unwrap_or_default())
+}
+
+/// Publishes `total` events in batches of 100 from 8 connections.
+async fn fill(t: &Arc<Target>, topic: &str, total: u64) -> anyhow::Result<()> {
+    let body = event_batch(100);
+    let batches = total.div_ceil(100);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (t, body, next) = (t.clone(), body.clone(), next.clone());
+        let path = format!("/topics/{topic}/api/events?api-version=2018-01-01");
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(&t).await?;
+            while next.fetch_add(1, Ordering::Relaxed) < batches {
+                let resp = s.send_request(request(&t, Method::POST, &path, body.clone())?).await?;
+                anyhow::ensure!(resp.status().is_success(), "publish failed: {}", resp.status());
+                let _ = resp.into_body().collect().await;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Receives (100 at a time) and acknowledges until `total` events are
+/// settled; returns events per second.
+async fn drain(t: &Arc<Target>, topic: &str, sub: &str, total: u64, receivers: usize) -> anyhow::Result<f64> {
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..receivers {
+        let (t, acked) = (t.clone(), acked.clone());
+        let receive = format!("/topics/{topic}/eventsubscriptions/{sub}:receive?api-version=2024-06-01&maxEvents=100&maxWaitTime=0");
+        let ack = format!("/topics/{topic}/eventsubscriptions/{sub}:acknowledge?api-version=2024-06-01");
+        tasks.push(tokio::spawn(async move {
+            let mut s = connect(&t).await?;
+            while acked.load(Ordering::Relaxed) < total {
+                let resp = s.send_request(request(&t, Method::POST, &receive, Bytes::new())?).await?;
+                anyhow::ensure!(resp.status().is_success(), "receive failed: {}", resp.status());
+                let body = resp.into_body().collect().await?.to_bytes();
+                let v: serde_json::Value = serde_json::from_slice(&body)?;
+                let tokens: Vec<&str> = v["value"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|e| e["brokerProperties"]["lockToken"].as_str()).collect())
+                    .unwrap_or_default();
+                if tokens.is_empty() {
+                    if start.elapsed() > Duration::from_secs(120) {
+                        anyhow::bail!("drain stalled");
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                let n = tokens.len() as u64;
+                let body = Bytes::from(serde_json::to_vec(&serde_json::json!({ "lockTokens": tokens }))?);
+                let resp = s.send_request(request(&t, Method::POST, &ack, body)?).await?;
+                anyhow::ensure!(resp.status().is_success(), "acknowledge failed: {}", resp.status());
+                let _ = resp.into_body().collect().await;
+                acked.fetch_add(n, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(acked.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
 pub fn report(name: &str, rates: &[f64], unit: &str) {
     let mut sorted = rates.to_vec();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
     let runs: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "{name:<12} median {median:>10.0} {unit}   runs: [{}]",
+        "{name:<20} median {median:>10.0} {unit}   runs: [{}]",
         runs.join(", ")
     );
 }

@@ -75,12 +75,20 @@ pub struct Subscription {
     pub properties: SubscriptionProperties,
 }
 
-/// One event handed to a pull receiver.
-#[derive(Debug, Clone)]
+/// One event handed to a pull receiver, in the wire shape of `:receive`.
+#[derive(Debug, serde::Serialize)]
 pub struct Received {
+    #[serde(rename = "brokerProperties")]
+    pub broker: BrokerProperties,
+    /// Rendered text, so `data` keeps its exact bytes.
+    pub event: Box<serde_json::value::RawValue>,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerProperties {
     pub lock_token: String,
     pub delivery_count: i64,
-    pub event: Value,
 }
 
 /// Pull operations that settle locked events.
@@ -569,18 +577,20 @@ impl RouterService {
             if !claimed.is_empty() || now >= deadline {
                 let mut out = Vec::with_capacity(claimed.len());
                 for c in claimed {
-                    let event = schema::render(
+                    let text = schema::render_raw(
                         &c.row.body,
                         &topic.input,
                         DeliverySchema::CloudEventSchemaV1_0,
                         false,
                     )
-                    .map_err(|e| {
-                        anyhow::anyhow!("stored event {} does not render: {e}", c.row.seq)
-                    })?;
+                    .map_err(|e| anyhow::anyhow!("stored event {} does not render: {e}", c.row.seq))?;
+                    let event = serde_json::value::RawValue::from_string(text)
+                        .map_err(|e| anyhow::anyhow!("stored event {} renders invalid JSON: {e}", c.row.seq))?;
                     out.push(Received {
-                        lock_token: c.lock_token,
-                        delivery_count: c.delivery_count,
+                        broker: BrokerProperties {
+                            lock_token: c.lock_token,
+                            delivery_count: c.delivery_count,
+                        },
                         event,
                     });
                 }

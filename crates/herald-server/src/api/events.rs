@@ -195,16 +195,7 @@ async fn pull(
             .router
             .receive(&topic, sub, max_events, Duration::from_secs(wait as u64))
             .await?;
-        let value: Vec<Value> = events
-            .into_iter()
-            .map(|r| {
-                json!({
-                    "brokerProperties": { "lockToken": r.lock_token, "deliveryCount": r.delivery_count },
-                    "event": r.event,
-                })
-            })
-            .collect();
-        return Ok(Json(json!({ "value": value })).into_response());
+        return Ok(Json(json!({ "value": events })).into_response());
     }
     let action = match op {
         "acknowledge" => Settle::Acknowledge,

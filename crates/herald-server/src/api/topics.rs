@@ -317,13 +317,14 @@ async fn dead_letters(
     let items: Vec<Value> = rows
         .iter()
         .map(|d| {
-            let event = herald_router::schema::render(
+            let event = herald_router::schema::render_raw(
                 &d.body,
                 &t.input,
                 herald_router::schema::DeliverySchema::CloudEventSchemaV1_0,
                 false,
             )
-            .unwrap_or(Value::Null);
+            .ok()
+            .and_then(|text| serde_json::value::RawValue::from_string(text).ok());
             json!({
                 "id": d.id,
                 "event": event,
