@@ -78,6 +78,36 @@ impl Client {
         send(&self.http, &self.addr, method, &url, &self.token, body).await
     }
 
+    /// Sends a raw body (publishing); `content_type` as given.
+    pub async fn raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.addr);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| explain_transport(e, &self.addr))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if status.is_success() {
+            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+        }
+        let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        bail!(
+            "{} ({status}): {}",
+            parsed["error"]["code"].as_str().unwrap_or("Error"),
+            parsed["error"]["message"].as_str().unwrap_or(text.as_str())
+        )
+    }
+
     /// A client bound to one vault's host, the way Key Vault clients address it.
     pub async fn vault(&self, name: &str) -> anyhow::Result<VaultClient> {
         let info = self

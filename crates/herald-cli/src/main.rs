@@ -2,9 +2,11 @@
 
 mod bench;
 mod client;
+mod events;
 mod output;
 mod secret;
 mod serve;
+mod topic;
 mod vault;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -31,6 +33,15 @@ enum Command {
     /// Read and write secrets in a vault.
     #[command(subcommand)]
     Secret(secret::SecretCmd),
+    /// Manage topics: create, list, show, delete, keys, publish.
+    #[command(subcommand)]
+    Topic(topic::TopicCmd),
+    /// Manage event subscriptions on a topic.
+    #[command(subcommand)]
+    Subscription(topic::SubscriptionCmd),
+    /// Pull delivery: receive, ack, release, reject, deadletters.
+    #[command(subcommand)]
+    Events(events::EventsCmd),
     /// Measure throughput against an in-process server and print the figures.
     Bench(bench::BenchArgs),
     /// Print shell completions: herald completions bash|zsh|fish.
@@ -54,6 +65,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Vault(cmd) => vault::run(cmd).await,
             Command::Secret(cmd) => secret::run(cmd).await,
+            Command::Topic(cmd) => topic::run_topic(cmd).await,
+            Command::Subscription(cmd) => topic::run_subscription(cmd).await,
+            Command::Events(cmd) => events::run(cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Completions { shell } => {
                 clap_complete::generate(

@@ -583,9 +583,12 @@ impl RouterService {
                         DeliverySchema::CloudEventSchemaV1_0,
                         false,
                     )
-                    .map_err(|e| anyhow::anyhow!("stored event {} does not render: {e}", c.row.seq))?;
-                    let event = serde_json::value::RawValue::from_string(text)
-                        .map_err(|e| anyhow::anyhow!("stored event {} renders invalid JSON: {e}", c.row.seq))?;
+                    .map_err(|e| {
+                        anyhow::anyhow!("stored event {} does not render: {e}", c.row.seq)
+                    })?;
+                    let event = serde_json::value::RawValue::from_string(text).map_err(|e| {
+                        anyhow::anyhow!("stored event {} renders invalid JSON: {e}", c.row.seq)
+                    })?;
                     out.push(Received {
                         broker: BrokerProperties {
                             lock_token: c.lock_token,
@@ -652,6 +655,11 @@ impl RouterService {
             .dead_letters(&sub.record.id, after_id, limit)
             .await?;
         Ok((topic, sub, rows))
+    }
+
+    /// Durable counters of a topic or subscription id.
+    pub async fn counters(&self, scope_id: &str) -> RouterResult<HashMap<String, i64>> {
+        Ok(self.storage.counters(scope_id).await?.into_iter().collect())
     }
 
     /// Durable counters like the portal's Events tab.

@@ -105,8 +105,7 @@ async fn claim_in(
     let due = sqlx::query(
         "SELECT m.seq, m.delivery_count, m.last_outcome, e.event_type, e.subject, e.body, e.created \
          FROM subscription_messages m JOIN event_log e ON e.seq = m.seq \
-         WHERE m.subscription_id = ? AND ((m.state = 'ready' AND m.available_at <= ?2) \
-            OR (m.state = 'locked' AND m.lock_expires_at <= ?2)) \
+         WHERE m.subscription_id = ?1 AND m.available_at <= ?2 \
          ORDER BY m.seq LIMIT ?3",
     )
     .bind(sub)
@@ -146,9 +145,9 @@ async fn claim_in(
         }
         let token = lock_token(row.seq);
         sqlx::query(
-            "UPDATE subscription_messages SET state = 'locked', lock_token = ?, lock_expires_at = ?, \
-             first_locked_at = ?, delivery_count = delivery_count + 1 \
-             WHERE subscription_id = ? AND seq = ?",
+            "UPDATE subscription_messages SET state = 'locked', lock_token = ?1, lock_expires_at = ?2, \
+             available_at = ?2, first_locked_at = ?3, delivery_count = delivery_count + 1 \
+             WHERE subscription_id = ?4 AND seq = ?5",
         )
         .bind(&token)
         .bind(o.now_ms + o.lock_ms)
@@ -169,51 +168,63 @@ async fn claim_in(
 
     // Then new log rows past the cursor, filtered here so only matches
     // ever get a per-subscription row.
-    let fresh = sqlx::query(
-        "SELECT seq, event_type, subject, body, created FROM event_log \
-         WHERE topic_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
-    )
-    .bind(topic_id)
-    .bind(cursor)
-    .bind(o.scan_limit)
-    .fetch_all(&mut *tx)
-    .await?;
     let (mut matched, mut unmatched) = (0, 0);
     let mut next_cursor = cursor;
     let mut inserts: Vec<(i64, String)> = Vec::new();
-    for r in &fresh {
-        if out.len() as i64 >= o.max {
+    let mut scanned = 0;
+    // Read in pages sized to what is still wanted, so a claim of a few
+    // events does not pull a large slice of the log.
+    'scan: while (out.len() as i64) < o.max && scanned < o.scan_limit {
+        let page = (o.max - out.len() as i64)
+            .max(16)
+            .min(o.scan_limit - scanned);
+        let fresh = sqlx::query(
+            "SELECT seq, event_type, subject, body, created FROM event_log \
+             WHERE topic_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(topic_id)
+        .bind(next_cursor)
+        .bind(page)
+        .fetch_all(&mut *tx)
+        .await?;
+        if fresh.is_empty() {
             break;
         }
-        let row = log_row(r)?;
-        next_cursor = row.seq + 1;
-        if !matcher(&row) {
-            unmatched += 1;
-            continue;
+        scanned += fresh.len() as i64;
+        for r in &fresh {
+            if out.len() as i64 >= o.max {
+                break 'scan;
+            }
+            let row = log_row(r)?;
+            next_cursor = row.seq + 1;
+            if !matcher(&row) {
+                unmatched += 1;
+                continue;
+            }
+            matched += 1;
+            if expired(&row) {
+                sqlx::query(
+                    "INSERT INTO dead_letters (subscription_id, seq, body, reason, delivery_count, \
+                     published_at, dead_lettered_at) VALUES (?, ?, ?, 'TimeToLiveExceeded', 0, ?, ?)",
+                )
+                .bind(sub)
+                .bind(row.seq)
+                .bind(&row.body)
+                .bind(row.published_at)
+                .bind(o.now_ms / 1000)
+                .execute(&mut *tx)
+                .await?;
+                bump(tx, sub, "deadLettered", 1).await?;
+                continue;
+            }
+            let token = lock_token(row.seq);
+            inserts.push((row.seq, token.clone()));
+            out.push(ClaimedMessage {
+                row,
+                lock_token: token,
+                delivery_count: 1,
+            });
         }
-        matched += 1;
-        if expired(&row) {
-            sqlx::query(
-                "INSERT INTO dead_letters (subscription_id, seq, body, reason, delivery_count, \
-                 published_at, dead_lettered_at) VALUES (?, ?, ?, 'TimeToLiveExceeded', 0, ?, ?)",
-            )
-            .bind(sub)
-            .bind(row.seq)
-            .bind(&row.body)
-            .bind(row.published_at)
-            .bind(o.now_ms / 1000)
-            .execute(&mut *tx)
-            .await?;
-            bump(tx, sub, "deadLettered", 1).await?;
-            continue;
-        }
-        let token = lock_token(row.seq);
-        inserts.push((row.seq, token.clone()));
-        out.push(ClaimedMessage {
-            row,
-            lock_token: token,
-            delivery_count: 1,
-        });
     }
     for chunk in inserts.chunks(100) {
         let mut q = QueryBuilder::<Sqlite>::new(
@@ -224,7 +235,7 @@ async fn claim_in(
             b.push_bind(sub)
                 .push_bind(*seq)
                 .push_bind("locked")
-                .push_bind(o.now_ms)
+                .push_bind(o.now_ms + o.lock_ms)
                 .push_bind(token.as_str())
                 .push_bind(o.now_ms + o.lock_ms)
                 .push_bind(o.now_ms)
@@ -252,89 +263,119 @@ async fn settle_in(
     action: SettleAction,
     now_ms: i64,
 ) -> Result<Vec<Result<(), SettleFailure>>> {
+    // One lookup for every token's row, then one statement per action kind.
+    let seqs: Vec<Option<i64>> = tokens.iter().map(|t| lock_token_seq(t)).collect();
+    let wanted: Vec<i64> = seqs.iter().flatten().copied().collect();
+    let mut live: std::collections::HashMap<i64, (String, i64)> = std::collections::HashMap::new();
+    for chunk in wanted.chunks(500) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT seq, lock_token, first_locked_at FROM subscription_messages WHERE subscription_id = ",
+        );
+        q.push_bind(sub)
+            .push(" AND state = 'locked' AND lock_expires_at > ")
+            .push_bind(now_ms)
+            .push(" AND seq IN (");
+        let mut sep = q.separated(", ");
+        for seq in chunk {
+            sep.push_bind(*seq);
+        }
+        q.push(")");
+        for r in q.build().fetch_all(&mut *tx).await? {
+            let token: Option<String> = r.try_get("lock_token")?;
+            let first: Option<i64> = r.try_get("first_locked_at")?;
+            live.insert(
+                r.try_get("seq")?,
+                (token.unwrap_or_default(), first.unwrap_or(now_ms)),
+            );
+        }
+    }
     let mut results = Vec::with_capacity(tokens.len());
-    let mut delivered = 0;
-    for token in tokens {
-        let Some(seq) = lock_token_seq(token) else {
-            results.push(Err(SettleFailure::TokenLost));
-            continue;
-        };
-        let row = sqlx::query(
-            "SELECT m.delivery_count, m.first_locked_at, m.last_outcome, e.seq, e.event_type, e.subject, \
-             e.body, e.created FROM subscription_messages m JOIN event_log e ON e.seq = m.seq \
-             WHERE m.subscription_id = ? AND m.seq = ? AND m.state = 'locked' AND m.lock_token = ? \
-             AND m.lock_expires_at > ?",
-        )
-        .bind(sub)
-        .bind(seq)
-        .bind(token)
-        .bind(now_ms)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            results.push(Err(SettleFailure::TokenLost));
-            continue;
+    let mut settled: Vec<i64> = Vec::new();
+    for (token, seq) in tokens.iter().zip(&seqs) {
+        let ok = seq
+            .and_then(|s| live.get(&s).map(|(t, first)| (s, t, *first)))
+            .filter(|(_, t, first)| {
+                *t == token
+                    && match action {
+                        SettleAction::RenewLock { max_hold_ms, .. } => {
+                            now_ms - first <= max_hold_ms
+                        }
+                        _ => true,
+                    }
+            });
+        match ok {
+            Some((s, _, _)) if !settled.contains(&s) => {
+                settled.push(s);
+                results.push(Ok(()));
+            }
+            _ => results.push(Err(SettleFailure::TokenLost)),
+        }
+    }
+    for chunk in settled.chunks(500) {
+        let in_list = |q: &mut QueryBuilder<'_, Sqlite>| {
+            q.push(" WHERE subscription_id = ")
+                .push_bind(sub.to_owned())
+                .push(" AND seq IN (");
+            let mut sep = q.separated(", ");
+            for seq in chunk {
+                sep.push_bind(*seq);
+            }
+            q.push(")");
         };
         match action {
             SettleAction::Acknowledge => {
-                sqlx::query(
-                    "DELETE FROM subscription_messages WHERE subscription_id = ? AND seq = ?",
-                )
-                .bind(sub)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
-                delivered += 1;
+                let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM subscription_messages");
+                in_list(&mut q);
+                q.build().execute(&mut *tx).await?;
             }
             SettleAction::Release { delay_ms } => {
-                sqlx::query(
-                    "UPDATE subscription_messages SET state = 'ready', available_at = ?, lock_token = NULL, \
-                     lock_expires_at = NULL WHERE subscription_id = ? AND seq = ?",
-                )
-                .bind(now_ms + delay_ms)
-                .bind(sub)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "UPDATE subscription_messages SET state = 'ready', lock_token = NULL, lock_expires_at = NULL, available_at = ",
+                );
+                q.push_bind(now_ms + delay_ms);
+                in_list(&mut q);
+                q.build().execute(&mut *tx).await?;
+            }
+            SettleAction::RenewLock { lock_ms, .. } => {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "UPDATE subscription_messages SET lock_expires_at = ",
+                );
+                q.push_bind(now_ms + lock_ms)
+                    .push(", available_at = ")
+                    .push_bind(now_ms + lock_ms);
+                in_list(&mut q);
+                q.build().execute(&mut *tx).await?;
             }
             SettleAction::Reject => {
-                let count: i64 = row.try_get("delivery_count")?;
-                let outcome: Option<String> = row.try_get("last_outcome")?;
-                dead_letter(
-                    tx,
-                    sub,
-                    &log_row(&row)?,
-                    "Rejected",
-                    count,
-                    outcome.as_deref(),
-                    now_ms,
-                )
-                .await?;
-            }
-            SettleAction::RenewLock {
-                lock_ms,
-                max_hold_ms,
-            } => {
-                let first: i64 = row
-                    .try_get::<Option<i64>, _>("first_locked_at")?
-                    .unwrap_or(now_ms);
-                if now_ms - first > max_hold_ms {
-                    results.push(Err(SettleFailure::TokenLost));
-                    continue;
+                for seq in chunk {
+                    let row = sqlx::query(
+                        "SELECT m.delivery_count, m.last_outcome, e.seq, e.event_type, e.subject, e.body, e.created \
+                         FROM subscription_messages m JOIN event_log e ON e.seq = m.seq \
+                         WHERE m.subscription_id = ? AND m.seq = ?",
+                    )
+                    .bind(sub)
+                    .bind(seq)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let count: i64 = row.try_get("delivery_count")?;
+                    let outcome: Option<String> = row.try_get("last_outcome")?;
+                    dead_letter(
+                        tx,
+                        sub,
+                        &log_row(&row)?,
+                        "Rejected",
+                        count,
+                        outcome.as_deref(),
+                        now_ms,
+                    )
+                    .await?;
                 }
-                sqlx::query(
-                    "UPDATE subscription_messages SET lock_expires_at = ? WHERE subscription_id = ? AND seq = ?",
-                )
-                .bind(now_ms + lock_ms)
-                .bind(sub)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
             }
         }
-        results.push(Ok(()));
     }
-    bump(tx, sub, "delivered", delivered).await?;
+    if action == SettleAction::Acknowledge {
+        bump(tx, sub, "delivered", settled.len() as i64).await?;
+    }
     Ok(results)
 }
 

@@ -1,7 +1,9 @@
 //! Herald's integration tests: real servers on real ports over real HTTPS,
 //! one server per test so tests run in parallel.
 
+mod durability;
 mod helpers;
 mod lifecycle;
+mod router_api;
 mod security;
 mod vault_api;
