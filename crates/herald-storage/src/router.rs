@@ -75,6 +75,41 @@ pub enum SettleAction {
         lock_ms: i64,
         max_hold_ms: i64,
     },
+    /// A failed push attempt: retry after the delay.
+    Retry {
+        delay_ms: i64,
+        outcome: &'static str,
+        status: Option<u16>,
+    },
+    /// A push that must not be retried, or that used up its attempts.
+    DeadLetter {
+        reason: &'static str,
+        outcome: &'static str,
+        status: Option<u16>,
+    },
+}
+
+/// One delivery attempt of one event, for the delivery log.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub subscription_id: String,
+    pub seq: i64,
+    pub event_id: String,
+    pub attempt: i64,
+    pub at_ms: i64,
+    pub status: Option<u16>,
+    pub latency_ms: i64,
+    pub outcome: String,
+    /// A bounded snippet of the response body.
+    pub response: Option<String>,
+}
+
+/// A pending manual validation of a webhook subscription.
+#[derive(Debug, Clone)]
+pub struct PendingValidation {
+    pub subscription_id: String,
+    pub code: String,
+    pub expires_at: i64,
 }
 
 /// Why one lock token could not be settled.
@@ -151,6 +186,22 @@ pub trait RouterStore: Send + Sync {
     async fn backlog(&self, subscription_id: &str) -> Result<i64>;
     /// Durable counters of one scope (a topic or subscription id).
     async fn counters(&self, scope: &str) -> Result<Vec<(String, i64)>>;
+
+    /// Every subscription of every topic (the dispatcher's work list).
+    async fn all_subscriptions(&self) -> Result<Vec<SubscriptionRecord>>;
+    /// When the next in-flight message of a subscription is due (unix ms).
+    async fn next_due(&self, subscription_id: &str) -> Result<Option<i64>>;
+    async fn record_attempts(&self, attempts: Vec<AttemptRecord>) -> Result<()>;
+    async fn attempts(&self, subscription_id: &str, after_id: i64, limit: i64) -> Result<Vec<(i64, AttemptRecord)>>;
+    /// Drops delivery-log rows older than `before_ms`.
+    async fn prune_attempts(&self, before_ms: i64) -> Result<u64>;
+    async fn put_validation(&self, subscription_id: &str, code: &str, token_hash: &str, expires_at: i64) -> Result<()>;
+    /// Completes a pending manual validation found by its token hash.
+    async fn take_validation(&self, token_hash: &str) -> Result<Option<PendingValidation>>;
+    /// Pending validations whose window closed (to mark them Failed).
+    async fn expired_validations(&self, now: i64) -> Result<Vec<PendingValidation>>;
+    /// Puts dead-lettered events back on the subscription's queue.
+    async fn replay_dead_letters(&self, subscription_id: &str, ids: Vec<i64>, now_ms: i64) -> Result<u64>;
 }
 
 /// Lock tokens are opaque to clients but carry the message's sequence so

@@ -61,9 +61,23 @@ async fn dead_letter(
     last_outcome: Option<&str>,
     now_ms: i64,
 ) -> Result<()> {
+    dead_letter_with_status(tx, sub, row, reason, delivery_count, last_outcome, None, now_ms).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter_with_status(
+    tx: &mut SqliteConnection,
+    sub: &str,
+    row: &LogRow,
+    reason: &str,
+    delivery_count: i64,
+    last_outcome: Option<&str>,
+    last_status: Option<u16>,
+    now_ms: i64,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO dead_letters (subscription_id, seq, body, reason, delivery_count, last_outcome, \
-         published_at, dead_lettered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+         published_at, dead_lettered_at, last_status, last_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(sub)
     .bind(row.seq)
@@ -73,6 +87,8 @@ async fn dead_letter(
     .bind(last_outcome)
     .bind(row.published_at)
     .bind(now_ms / 1000)
+    .bind(last_status.map(i64::from))
+    .bind(now_ms)
     .execute(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM subscription_messages WHERE subscription_id = ? AND seq = ?")
@@ -346,6 +362,37 @@ async fn settle_in(
                 in_list(&mut q);
                 q.build().execute(&mut *tx).await?;
             }
+            SettleAction::Retry { delay_ms, outcome, status } => {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "UPDATE subscription_messages SET state = 'ready', lock_token = NULL, lock_expires_at = NULL, available_at = ",
+                );
+                q.push_bind(now_ms + delay_ms)
+                    .push(", last_outcome = ")
+                    .push_bind(outcome)
+                    .push(", last_status = ")
+                    .push_bind(status.map(i64::from))
+                    .push(", last_attempt_at = ")
+                    .push_bind(now_ms);
+                in_list(&mut q);
+                q.build().execute(&mut *tx).await?;
+                bump(tx, sub, "failed", chunk.len() as i64).await?;
+            }
+            SettleAction::DeadLetter { reason, outcome, status } => {
+                for seq in chunk {
+                    let row = sqlx::query(
+                        "SELECT m.delivery_count, e.seq, e.event_type, e.subject, e.body, e.created \
+                         FROM subscription_messages m JOIN event_log e ON e.seq = m.seq \
+                         WHERE m.subscription_id = ? AND m.seq = ?",
+                    )
+                    .bind(sub)
+                    .bind(seq)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let count: i64 = row.try_get("delivery_count")?;
+                    dead_letter_with_status(tx, sub, &log_row(&row)?, reason, count, Some(outcome), status, now_ms).await?;
+                }
+                bump(tx, sub, "failed", chunk.len() as i64).await?;
+            }
             SettleAction::Reject => {
                 for seq in chunk {
                     let row = sqlx::query(
@@ -373,7 +420,7 @@ async fn settle_in(
             }
         }
     }
-    if action == SettleAction::Acknowledge {
+    if matches!(action, SettleAction::Acknowledge) {
         bump(tx, sub, "delivered", settled.len() as i64).await?;
     }
     Ok(results)
@@ -708,5 +755,202 @@ impl RouterStore for SqliteStorage {
         rows.iter()
             .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
             .collect()
+    }
+
+    async fn all_subscriptions(&self) -> Result<Vec<SubscriptionRecord>> {
+        let rows = sqlx::query(&format!("SELECT {SUB_COLS} FROM event_subscriptions ORDER BY id"))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(sub_from_row).collect()
+    }
+
+    async fn next_due(&self, subscription_id: &str) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT MIN(available_at) FROM subscription_messages WHERE subscription_id = ?")
+            .bind(subscription_id)
+            .fetch_one(&self.reader)
+            .await?)
+    }
+
+    async fn record_attempts(&self, attempts: Vec<AttemptRecord>) -> Result<()> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    for chunk in attempts.chunks(100) {
+                        let mut q = QueryBuilder::<Sqlite>::new(
+                            "INSERT INTO delivery_attempts (subscription_id, seq, event_id, attempt, at, status, \
+                             latency_ms, outcome, response) ",
+                        );
+                        q.push_values(chunk, |mut b, a| {
+                            b.push_bind(a.subscription_id.as_str())
+                                .push_bind(a.seq)
+                                .push_bind(a.event_id.as_str())
+                                .push_bind(a.attempt)
+                                .push_bind(a.at_ms)
+                                .push_bind(a.status.map(i64::from))
+                                .push_bind(a.latency_ms)
+                                .push_bind(a.outcome.as_str())
+                                .push_bind(a.response.as_deref());
+                        });
+                        q.build().execute(&mut *tx).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn attempts(&self, subscription_id: &str, after_id: i64, limit: i64) -> Result<Vec<(i64, AttemptRecord)>> {
+        let rows = sqlx::query(
+            "SELECT id, subscription_id, seq, event_id, attempt, at, status, latency_ms, outcome, response \
+             FROM delivery_attempts WHERE subscription_id = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(subscription_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    AttemptRecord {
+                        subscription_id: r.try_get("subscription_id")?,
+                        seq: r.try_get("seq")?,
+                        event_id: r.try_get("event_id")?,
+                        attempt: r.try_get("attempt")?,
+                        at_ms: r.try_get("at")?,
+                        status: r.try_get::<Option<i64>, _>("status")?.and_then(|s| u16::try_from(s).ok()),
+                        latency_ms: r.try_get("latency_ms")?,
+                        outcome: r.try_get("outcome")?,
+                        response: r.try_get("response")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    async fn prune_attempts(&self, before_ms: i64) -> Result<u64> {
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let done = sqlx::query("DELETE FROM delivery_attempts WHERE at < ?")
+                        .bind(before_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok(done.rows_affected())
+                })
+            })
+            .await
+    }
+
+    async fn put_validation(&self, subscription_id: &str, code: &str, token_hash: &str, expires_at: i64) -> Result<()> {
+        let (sub, code, hash) = (subscription_id.to_owned(), code.to_owned(), token_hash.to_owned());
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO subscription_validations (subscription_id, code, token_hash, expires_at) \
+                         VALUES (?, ?, ?, ?) ON CONFLICT (subscription_id) DO UPDATE SET code = excluded.code, \
+                         token_hash = excluded.token_hash, expires_at = excluded.expires_at",
+                    )
+                    .bind(&sub)
+                    .bind(&code)
+                    .bind(&hash)
+                    .bind(expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
+    }
+
+    async fn take_validation(&self, token_hash: &str) -> Result<Option<PendingValidation>> {
+        let hash = token_hash.to_owned();
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "DELETE FROM subscription_validations WHERE token_hash = ? \
+                         RETURNING subscription_id, code, expires_at",
+                    )
+                    .bind(&hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    row.map(|r| {
+                        Ok(PendingValidation {
+                            subscription_id: r.try_get("subscription_id")?,
+                            code: r.try_get("code")?,
+                            expires_at: r.try_get("expires_at")?,
+                        })
+                    })
+                    .transpose()
+                })
+            })
+            .await
+    }
+
+    async fn expired_validations(&self, now: i64) -> Result<Vec<PendingValidation>> {
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let rows = sqlx::query(
+                        "DELETE FROM subscription_validations WHERE expires_at <= ? \
+                         RETURNING subscription_id, code, expires_at",
+                    )
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    rows.iter()
+                        .map(|r| {
+                            Ok(PendingValidation {
+                                subscription_id: r.try_get("subscription_id")?,
+                                code: r.try_get("code")?,
+                                expires_at: r.try_get("expires_at")?,
+                            })
+                        })
+                        .collect()
+                })
+            })
+            .await
+    }
+
+    async fn replay_dead_letters(&self, subscription_id: &str, ids: Vec<i64>, now_ms: i64) -> Result<u64> {
+        let sub = subscription_id.to_owned();
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let mut replayed = 0;
+                    for id in ids {
+                        let seq: Option<i64> = sqlx::query_scalar(
+                            "DELETE FROM dead_letters WHERE id = ? AND subscription_id = ? RETURNING seq",
+                        )
+                        .bind(id)
+                        .bind(&sub)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let Some(seq) = seq else { continue };
+                        let done = sqlx::query(
+                            "INSERT INTO subscription_messages (subscription_id, seq, state, available_at, \
+                             delivery_count, enqueued_at) SELECT ?, ?, 'ready', ?, 0, ? \
+                             WHERE EXISTS (SELECT 1 FROM event_log WHERE seq = ?) \
+                             ON CONFLICT (subscription_id, seq) DO NOTHING",
+                        )
+                        .bind(&sub)
+                        .bind(seq)
+                        .bind(now_ms)
+                        .bind(now_ms)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                        replayed += done.rows_affected();
+                    }
+                    Ok(replayed)
+                })
+            })
+            .await
     }
 }
