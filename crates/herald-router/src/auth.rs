@@ -99,7 +99,14 @@ fn verify_sas(
     let resource = resource.ok_or(AuthError::Malformed("no resource (r=)"))?;
     let expiry = expiry.ok_or(AuthError::Malformed("no expiry (e=)"))?;
     let path = resource_path(&resource);
-    if !publish_paths.iter().any(|p| path.ends_with(p.as_str())) {
+    let host = resource_host(&resource);
+    // Entries of the form "//{label}." name a host-style endpoint
+    // (`https://{topic}.{region}.../api/events`): the first host label is the topic.
+    let ok = publish_paths.iter().any(|p| match p.strip_prefix("//") {
+        Some(label) => path == "/api/events" && host.starts_with(label),
+        None => path.ends_with(p.as_str()),
+    });
+    if !ok {
         return Err(AuthError::WrongResource);
     }
     let expires = parse_expiry(&expiry).ok_or(AuthError::Malformed("unreadable expiry (e=)"))?;
@@ -115,6 +122,18 @@ fn decode(v: &str) -> Result<String, AuthError> {
         .decode_utf8()
         .map(|s| s.into_owned())
         .map_err(|_| AuthError::Malformed("value is not UTF-8"))
+}
+
+/// The resource's host, lower-cased.
+fn resource_host(resource: &str) -> String {
+    let after_scheme = resource
+        .split_once("://")
+        .map_or(resource, |(_, rest)| rest);
+    after_scheme
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
 }
 
 /// The resource's path without scheme, host or query.

@@ -348,7 +348,7 @@ impl RouterService {
             format!("/topics/{n}/api/events"),
             format!("/topics/{n}:publish"),
             format!("/topics/{n}"),
-            "/api/events".into(),
+            format!("//{}.", n.to_ascii_lowercase()),
         ]
     }
 

@@ -256,10 +256,11 @@ impl SubscriptionInput {
                 if !(1..=10).contains(&q.max_delivery_count) {
                     return Err("maxDeliveryCount must be between 1 and 10.".into());
                 }
-                if parse_iso_duration(&q.event_time_to_live).is_none() {
-                    return Err(
-                        "eventTimeToLive must be an ISO-8601 duration such as P1D or PT10M.".into(),
-                    );
+                match parse_iso_duration(&q.event_time_to_live) {
+                    Some(secs) if (60..=7 * 86_400).contains(&secs) => {}
+                    _ => {
+                        return Err("eventTimeToLive must be an ISO-8601 duration from PT1M to P7D, such as P1D or PT10M.".into());
+                    }
                 }
             }
         }

@@ -65,6 +65,10 @@ impl IntoResponse for ApiError {
             error["innererror"] = json!({ "code": inner });
         }
         let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
+        // Azure.Core clients read the code from this header too.
+        if let Ok(v) = HeaderValue::from_str(self.code) {
+            resp.headers_mut().insert("x-ms-error-code", v);
+        }
         if let Some(c) = self.challenge
             && let Ok(v) = HeaderValue::from_str(&c)
         {

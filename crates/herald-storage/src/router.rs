@@ -192,16 +192,32 @@ pub trait RouterStore: Send + Sync {
     /// When the next in-flight message of a subscription is due (unix ms).
     async fn next_due(&self, subscription_id: &str) -> Result<Option<i64>>;
     async fn record_attempts(&self, attempts: Vec<AttemptRecord>) -> Result<()>;
-    async fn attempts(&self, subscription_id: &str, after_id: i64, limit: i64) -> Result<Vec<(i64, AttemptRecord)>>;
+    async fn attempts(
+        &self,
+        subscription_id: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, AttemptRecord)>>;
     /// Drops delivery-log rows older than `before_ms`.
     async fn prune_attempts(&self, before_ms: i64) -> Result<u64>;
-    async fn put_validation(&self, subscription_id: &str, code: &str, token_hash: &str, expires_at: i64) -> Result<()>;
+    async fn put_validation(
+        &self,
+        subscription_id: &str,
+        code: &str,
+        token_hash: &str,
+        expires_at: i64,
+    ) -> Result<()>;
     /// Completes a pending manual validation found by its token hash.
     async fn take_validation(&self, token_hash: &str) -> Result<Option<PendingValidation>>;
     /// Pending validations whose window closed (to mark them Failed).
     async fn expired_validations(&self, now: i64) -> Result<Vec<PendingValidation>>;
     /// Puts dead-lettered events back on the subscription's queue.
-    async fn replay_dead_letters(&self, subscription_id: &str, ids: Vec<i64>, now_ms: i64) -> Result<u64>;
+    async fn replay_dead_letters(
+        &self,
+        subscription_id: &str,
+        ids: Vec<i64>,
+        now_ms: i64,
+    ) -> Result<u64>;
 }
 
 /// Lock tokens are opaque to clients but carry the message's sequence so

@@ -162,6 +162,14 @@ async fn log_vault_event(
     .bind(vault_id)
     .execute(&mut *tx)
     .await?;
+    sqlx::query(
+        "INSERT INTO counters (scope, name, value) \
+         SELECT id, 'published', 1 FROM topics WHERE vault_id = ? AND kind = 'system' \
+         ON CONFLICT (scope, name) DO UPDATE SET value = value + 1",
+    )
+    .bind(vault_id)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

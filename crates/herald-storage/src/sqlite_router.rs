@@ -61,7 +61,17 @@ async fn dead_letter(
     last_outcome: Option<&str>,
     now_ms: i64,
 ) -> Result<()> {
-    dead_letter_with_status(tx, sub, row, reason, delivery_count, last_outcome, None, now_ms).await
+    dead_letter_with_status(
+        tx,
+        sub,
+        row,
+        reason,
+        delivery_count,
+        last_outcome,
+        None,
+        now_ms,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -362,7 +372,11 @@ async fn settle_in(
                 in_list(&mut q);
                 q.build().execute(&mut *tx).await?;
             }
-            SettleAction::Retry { delay_ms, outcome, status } => {
+            SettleAction::Retry {
+                delay_ms,
+                outcome,
+                status,
+            } => {
                 let mut q = QueryBuilder::<Sqlite>::new(
                     "UPDATE subscription_messages SET state = 'ready', lock_token = NULL, lock_expires_at = NULL, available_at = ",
                 );
@@ -377,7 +391,11 @@ async fn settle_in(
                 q.build().execute(&mut *tx).await?;
                 bump(tx, sub, "failed", chunk.len() as i64).await?;
             }
-            SettleAction::DeadLetter { reason, outcome, status } => {
+            SettleAction::DeadLetter {
+                reason,
+                outcome,
+                status,
+            } => {
                 for seq in chunk {
                     let row = sqlx::query(
                         "SELECT m.delivery_count, e.seq, e.event_type, e.subject, e.body, e.created \
@@ -389,7 +407,17 @@ async fn settle_in(
                     .fetch_one(&mut *tx)
                     .await?;
                     let count: i64 = row.try_get("delivery_count")?;
-                    dead_letter_with_status(tx, sub, &log_row(&row)?, reason, count, Some(outcome), status, now_ms).await?;
+                    dead_letter_with_status(
+                        tx,
+                        sub,
+                        &log_row(&row)?,
+                        reason,
+                        count,
+                        Some(outcome),
+                        status,
+                        now_ms,
+                    )
+                    .await?;
                 }
                 bump(tx, sub, "failed", chunk.len() as i64).await?;
             }
@@ -758,17 +786,21 @@ impl RouterStore for SqliteStorage {
     }
 
     async fn all_subscriptions(&self) -> Result<Vec<SubscriptionRecord>> {
-        let rows = sqlx::query(&format!("SELECT {SUB_COLS} FROM event_subscriptions ORDER BY id"))
-            .fetch_all(&self.reader)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {SUB_COLS} FROM event_subscriptions ORDER BY id"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter().map(sub_from_row).collect()
     }
 
     async fn next_due(&self, subscription_id: &str) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT MIN(available_at) FROM subscription_messages WHERE subscription_id = ?")
-            .bind(subscription_id)
-            .fetch_one(&self.reader)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(available_at) FROM subscription_messages WHERE subscription_id = ?",
+        )
+        .bind(subscription_id)
+        .fetch_one(&self.reader)
+        .await?)
     }
 
     async fn record_attempts(&self, attempts: Vec<AttemptRecord>) -> Result<()> {
@@ -802,7 +834,12 @@ impl RouterStore for SqliteStorage {
             .await
     }
 
-    async fn attempts(&self, subscription_id: &str, after_id: i64, limit: i64) -> Result<Vec<(i64, AttemptRecord)>> {
+    async fn attempts(
+        &self,
+        subscription_id: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, AttemptRecord)>> {
         let rows = sqlx::query(
             "SELECT id, subscription_id, seq, event_id, attempt, at, status, latency_ms, outcome, response \
              FROM delivery_attempts WHERE subscription_id = ? AND id > ? ORDER BY id LIMIT ?",
@@ -822,7 +859,9 @@ impl RouterStore for SqliteStorage {
                         event_id: r.try_get("event_id")?,
                         attempt: r.try_get("attempt")?,
                         at_ms: r.try_get("at")?,
-                        status: r.try_get::<Option<i64>, _>("status")?.and_then(|s| u16::try_from(s).ok()),
+                        status: r
+                            .try_get::<Option<i64>, _>("status")?
+                            .and_then(|s| u16::try_from(s).ok()),
                         latency_ms: r.try_get("latency_ms")?,
                         outcome: r.try_get("outcome")?,
                         response: r.try_get("response")?,
@@ -834,20 +873,32 @@ impl RouterStore for SqliteStorage {
 
     async fn prune_attempts(&self, before_ms: i64) -> Result<u64> {
         self.writer
-            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
-                Box::pin(async move {
-                    let done = sqlx::query("DELETE FROM delivery_attempts WHERE at < ?")
-                        .bind(before_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                    Ok(done.rows_affected())
-                })
-            })
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let done = sqlx::query("DELETE FROM delivery_attempts WHERE at < ?")
+                            .bind(before_ms)
+                            .execute(&mut *tx)
+                            .await?;
+                        Ok(done.rows_affected())
+                    })
+                },
+            )
             .await
     }
 
-    async fn put_validation(&self, subscription_id: &str, code: &str, token_hash: &str, expires_at: i64) -> Result<()> {
-        let (sub, code, hash) = (subscription_id.to_owned(), code.to_owned(), token_hash.to_owned());
+    async fn put_validation(
+        &self,
+        subscription_id: &str,
+        code: &str,
+        token_hash: &str,
+        expires_at: i64,
+    ) -> Result<()> {
+        let (sub, code, hash) = (
+            subscription_id.to_owned(),
+            code.to_owned(),
+            token_hash.to_owned(),
+        );
         self.writer
             .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
                 Box::pin(async move {
@@ -871,54 +922,63 @@ impl RouterStore for SqliteStorage {
     async fn take_validation(&self, token_hash: &str) -> Result<Option<PendingValidation>> {
         let hash = token_hash.to_owned();
         self.writer
-            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
-                Box::pin(async move {
-                    let row = sqlx::query(
-                        "DELETE FROM subscription_validations WHERE token_hash = ? \
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let row = sqlx::query(
+                            "DELETE FROM subscription_validations WHERE token_hash = ? \
                          RETURNING subscription_id, code, expires_at",
-                    )
-                    .bind(&hash)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    row.map(|r| {
-                        Ok(PendingValidation {
-                            subscription_id: r.try_get("subscription_id")?,
-                            code: r.try_get("code")?,
-                            expires_at: r.try_get("expires_at")?,
-                        })
-                    })
-                    .transpose()
-                })
-            })
-            .await
-    }
-
-    async fn expired_validations(&self, now: i64) -> Result<Vec<PendingValidation>> {
-        self.writer
-            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
-                Box::pin(async move {
-                    let rows = sqlx::query(
-                        "DELETE FROM subscription_validations WHERE expires_at <= ? \
-                         RETURNING subscription_id, code, expires_at",
-                    )
-                    .bind(now)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    rows.iter()
-                        .map(|r| {
+                        )
+                        .bind(&hash)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        row.map(|r| {
                             Ok(PendingValidation {
                                 subscription_id: r.try_get("subscription_id")?,
                                 code: r.try_get("code")?,
                                 expires_at: r.try_get("expires_at")?,
                             })
                         })
-                        .collect()
-                })
-            })
+                        .transpose()
+                    })
+                },
+            )
             .await
     }
 
-    async fn replay_dead_letters(&self, subscription_id: &str, ids: Vec<i64>, now_ms: i64) -> Result<u64> {
+    async fn expired_validations(&self, now: i64) -> Result<Vec<PendingValidation>> {
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let rows = sqlx::query(
+                            "DELETE FROM subscription_validations WHERE expires_at <= ? \
+                         RETURNING subscription_id, code, expires_at",
+                        )
+                        .bind(now)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                        rows.iter()
+                            .map(|r| {
+                                Ok(PendingValidation {
+                                    subscription_id: r.try_get("subscription_id")?,
+                                    code: r.try_get("code")?,
+                                    expires_at: r.try_get("expires_at")?,
+                                })
+                            })
+                            .collect()
+                    })
+                },
+            )
+            .await
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        subscription_id: &str,
+        ids: Vec<i64>,
+        now_ms: i64,
+    ) -> Result<u64> {
         let sub = subscription_id.to_owned();
         self.writer
             .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {

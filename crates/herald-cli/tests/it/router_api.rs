@@ -894,6 +894,7 @@ async fn classic_publish_takes_an_event_grid_array_and_answers_200_empty() {
             app.client
                 .post(url)
                 .header("aeg-sas-key", &key)
+                .header("aeg-channel-name", "ignored")
                 .json(&json!([eg(&format!("q{i}"), "t", "s", json!({}))])),
         )
         .await;
@@ -1018,9 +1019,9 @@ async fn event_grid_events_are_received_as_cloudevents_field_by_field() {
 }
 
 /// Spec §1: `data` passes through unchanged, key order and number text
-/// included; a pull receiver reads it from the HTTP body.
+/// included; a pull receiver (and a dead-letter reader) reads it from the
+/// HTTP body.
 #[tokio::test]
-#[ignore = "server bug: pull receive re-serializes `data` through serde_json::Value, sorting keys and rewriting numbers (spec §1)"]
 async fn received_data_keeps_key_order_and_number_text() {
     let app = spawn_app().await;
     let key = eg_topic(&app, "orders").await;
@@ -1039,11 +1040,28 @@ async fn received_data_keeps_key_order_and_number_text() {
             .header("aeg-sas-key", &key),
     )
     .await;
-    r.expect(200);
+    let items = received_items(&r);
+    assert_eq!(ids(&items), ["exact"]);
+    settle_ok(&app, "orders", "pull", &key, "reject", &tokens(&items)).await;
+    let dl = mgmt(
+        &app,
+        Method::GET,
+        "/orders/eventSubscriptions/pull/deadLetters",
+        None,
+    )
+    .await;
+    dl.expect(200);
+    let wanted = format!("\"data\":{data}");
+    let mut wrong = Vec::new();
+    for (what, text) in [(":receive", &r.text), ("deadLetters", &dl.text)] {
+        if !text.contains(&wanted) {
+            wrong.push(format!("{what}: {text}"));
+        }
+    }
     assert!(
-        r.text.contains(&format!("\"data\":{data}")),
-        "data must arrive byte-exact: {}",
-        r.text
+        wrong.is_empty(),
+        "data must arrive byte-exact ({data}):\n{}",
+        wrong.join("\n")
     );
 }
 
@@ -1057,6 +1075,26 @@ async fn namespace_publish_takes_structured_and_batched_cloudevents() {
     .await;
     let key = keys(&app, "telemetry").await[0].clone();
     queue_sub(&app, "telemetry", "pull", json!({})).await;
+    queue_sub(
+        &app,
+        "telemetry",
+        "by-ext",
+        json!({"filter": {"includedEventTypes": ["com.example.someevent"], "subjectBeginsWith": "s",
+        "advancedFilters": [
+            {"operatorType": "StringIn", "key": "myext", "values": ["X1"]},
+            {"operatorType": "NumberIn", "key": "num", "values": [5]}
+        ]}}),
+    )
+    .await;
+    queue_sub(
+        &app,
+        "telemetry",
+        "by-source",
+        json!({"filter": {"advancedFilters": [
+            {"operatorType": "StringIn", "key": "source", "values": ["/b", "URN:B"]}
+        ]}}),
+    )
+    .await;
     let single = json!({
         "specversion": "1.0", "id": "A234-1234-1234", "source": "/mycontext",
         "type": "com.example.someevent", "time": "2018-04-05T17:31:00Z",
@@ -1064,6 +1102,23 @@ async fn namespace_publish_takes_structured_and_batched_cloudevents() {
         "myext": "x1", "num": 5, "flag": true
     });
     assert_ns_ok(&publish_ns(&app, "telemetry", &key, CE_JSON, single.to_string()).await);
+    // The older namespace api-version is accepted too.
+    let r = call(
+        &app,
+        app.client
+            .post(format!(
+                "{}/topics/telemetry:publish?api-version=2023-11-01",
+                origin(&app)
+            ))
+            .header(AUTHORIZATION, format!("SharedAccessKey {key}"))
+            .header(CONTENT_TYPE, CE_JSON)
+            .body(
+                json!({"specversion": "1.0", "id": "old-api", "source": "/o", "type": "t"})
+                    .to_string(),
+            ),
+    )
+    .await;
+    assert_ns_ok(&r);
     let batch = json!([
         {"specversion": "1.0", "id": "b-1", "source": "/b", "type": "com.example.bin",
          "datacontenttype": "application/octet-stream", "data_base64": "AAEC/w=="},
@@ -1096,14 +1151,26 @@ async fn namespace_publish_takes_structured_and_batched_cloudevents() {
     assert_eq!(r.text, "");
 
     let got = receive(&app, "telemetry", "pull", &key, 100, 1).await;
-    assert_eq!(ids(&got), ["A234-1234-1234", "b-1", "b-2", "u-1", "c-1"]);
+    assert_eq!(
+        ids(&got),
+        ["A234-1234-1234", "old-api", "b-1", "b-2", "u-1", "c-1"]
+    );
+    // CloudEvents filter keys: extension attributes, type, source, subject.
+    assert_eq!(
+        ids(&drain(&app, "telemetry", "by-ext", &key).await),
+        ["A234-1234-1234"]
+    );
+    assert_eq!(
+        ids(&drain(&app, "telemetry", "by-source", &key).await),
+        ["b-1", "b-2"]
+    );
     // Extension attributes and everything else verbatim.
     assert_eq!(got[0]["event"], single);
-    assert_eq!(got[1]["event"], batch[0]);
-    assert_eq!(got[2]["event"], batch[1]);
-    assert_eq!(got[3]["event"], upper[0]);
-    assert_eq!(got[4]["event"], classic[0]);
-    assert_eq!(published(&app, "telemetry").await, 5);
+    assert_eq!(got[2]["event"], batch[0]);
+    assert_eq!(got[3]["event"], batch[1]);
+    assert_eq!(got[4]["event"], upper[0]);
+    assert_eq!(got[5]["event"], classic[0]);
+    assert_eq!(published(&app, "telemetry").await, 6);
 }
 
 #[tokio::test]
@@ -1363,6 +1430,9 @@ async fn custom_schema_events_are_mapped() {
         let r = publish_raw(&app, "legacy", &key, "application/json", body.into_bytes()).await;
         assert_eq!(r.status, 400, "{what}: {}", r.text);
     }
+    let r = publish_raw(&app, "legacy", &key, CE_BATCH, b"[{}]".to_vec()).await;
+    r.expect_error(400, "BadRequest");
+    assert_eq!(r.inner(), Some("InputSchemaMismatch"), "{}", r.text);
     let arm = topic_arm("legacy");
     let got = receive(&app, "legacy", "pull", &key, 10, 1).await;
     assert_eq!(got.len(), 3, "{got:#?}");
@@ -1374,16 +1444,17 @@ async fn custom_schema_events_are_mapped() {
         })
     );
     let e = &got[1]["event"];
-    assert!(
-        is_guid(e["id"].as_str().unwrap_or_default()),
-        "generated id: {e}"
-    );
+    let generated = e["id"].as_str().unwrap_or_default();
+    assert!(is_guid(generated), "generated id: {e}");
+    assert_eq!(&generated[14..15], "4", "a UUID v4: {generated}");
     assert_eq!(e["type"], "fooEventType");
     assert_eq!(e["subject"], "subjectDefault");
     assert_eq!(e["source"], arm.as_str());
     assert_eq!(e["data"], spec_example, "data is the whole original object");
     let time = e["time"].as_str().expect("a generated time");
     let t = chrono::DateTime::parse_from_rfc3339(time).expect("RFC 3339");
+    let frac = time.split('.').nth(1).and_then(|f| f.strip_suffix('Z'));
+    assert_eq!(frac.map(str::len), Some(7), "7 fractional digits: {time}");
     assert!(t >= before && t <= chrono::Utc::now() + chrono::Duration::seconds(5));
     let e = &got[2]["event"];
     assert_eq!(e["id"], "c-3");
@@ -1426,6 +1497,20 @@ async fn every_credential_form_is_accepted() {
     let iso = hand_sas(&classic, "2999-01-05T15:04:05Z", &k2);
     let en_us = hand_sas(&classic, "6/5/2999 3:04:05 PM", &k1);
     let namespace = generated_sas(&format!("{o}/topics/orders:publish"), &k1, hour);
+    // Java SDK: `M/d/yyyy h:m:s a`, no zero padding at all.
+    let java_unpadded = hand_sas(
+        &format!("{classic}?api-version=2018-01-01"),
+        "1/5/2999 3:4:5 PM",
+        &k2,
+    );
+    // Python without an offset means UTC.
+    let naive = python_sdk_sas(&app, "orders", &k1, "2999-01-05 15:04:05");
+    // Docs C# sample: the host-style endpoint; the host is not compared.
+    let host_style = hand_sas(
+        "https://orders.westus2-1.eventgrid.azure.net/api/events",
+        "6/15/2999 6:20:15 PM",
+        &k1,
+    );
     let query_key: String = form_urlencode(&k1);
 
     let url = events_url(&app, "orders");
@@ -1465,6 +1550,18 @@ async fn every_credential_form_is_accepted() {
             c.post(&url).header("aeg-sas-token", &python_frac),
         ),
         ("iso expiry", c.post(&url).header("aeg-sas-token", &iso)),
+        (
+            "java unpadded expiry",
+            c.post(&url).header("aeg-sas-token", &java_unpadded),
+        ),
+        (
+            "python naive expiry",
+            c.post(&url).header("aeg-sas-token", &naive),
+        ),
+        (
+            "host-style resource",
+            c.post(&url).header("aeg-sas-token", &host_style),
+        ),
         ("en-US expiry", c.post(&url).header("aeg-sas-token", &en_us)),
         (
             "SharedAccessKey",
@@ -1863,7 +1960,6 @@ async fn publishes_over_one_mib_are_413_with_an_error_body() {
 }
 
 #[tokio::test]
-#[ignore = "server bug: namespace error responses lack the x-ms-error-code header (spec §2.4)"]
 async fn namespace_errors_carry_x_ms_error_code() {
     let app = spawn_app().await;
     create_topic(
@@ -1876,7 +1972,21 @@ async fn namespace_errors_carry_x_ms_error_code() {
     assert_eq!(r.status, 401);
     let r2 = publish_ns(&app, "telemetry", &key, CE_JSON, "{}".into()).await;
     assert_eq!(r2.status, 400);
-    for resp in [&r, &r2] {
+    let r3 = call(
+        &app,
+        app.client
+            .post(sub_url(
+                &app,
+                "telemetry",
+                "nope",
+                "receive",
+                "&maxWaitTime=0",
+            ))
+            .header("aeg-sas-key", &key),
+    )
+    .await;
+    assert_eq!(r3.status, 404);
+    for resp in [&r, &r2, &r3] {
         let h = resp
             .headers
             .get("x-ms-error-code")
@@ -2306,6 +2416,15 @@ async fn invalid_subscriptions_are_400_and_not_created() {
             with_filters(vec![string_in(1, 513)]),
         ),
         (
+            "513 two-byte characters",
+            "orders",
+            "long2",
+            with_filters(vec![
+                json!({"operatorType": "StringContains", "key": "data.s",
+                                     "values": ["é".repeat(513)]}),
+            ]),
+        ),
+        (
             "range lo > hi",
             "orders",
             "range",
@@ -2481,6 +2600,13 @@ async fn invalid_subscriptions_are_400_and_not_created() {
         ("v25", with_filters(vec![string_in(25, 3)])),
         ("len512", with_filters(vec![string_in(1, 512)])),
         (
+            "utf8-512",
+            with_filters(vec![
+                json!({"operatorType": "StringContains", "key": "data.s",
+                                     "values": ["é".repeat(512)]}),
+            ]),
+        ),
+        (
             "mdc10",
             with_queue(
                 json!({"maxDeliveryCount": 10, "eventTimeToLive": "PT10M", "receiveLockDurationInSeconds": 300}),
@@ -2613,6 +2739,18 @@ async fn receive_locks_events_and_acknowledge_removes_them() {
     let unique: BTreeSet<&String> = all_tokens.iter().collect();
     assert_eq!(unique.len(), 3, "lock tokens are unique");
 
+    // Tokens belong to their subscription: another one cannot settle them.
+    queue_sub(&app, "orders", "other", json!({})).await;
+    for op in ["acknowledge", "reject", "release", "renewLock"] {
+        let r = settle(&app, "orders", "other", &key, op, "", &all_tokens).await;
+        let b = r.expect(200);
+        assert_eq!(b["succeededLockTokens"], json!([]), "{op}: {}", r.text);
+        assert_eq!(
+            b["failedLockTokens"].as_array().map(Vec::len),
+            Some(3),
+            "{op}"
+        );
+    }
     settle_ok(&app, "orders", "pull", &key, "acknowledge", &all_tokens).await;
     assert!(
         receive(&app, "orders", "pull", &key, 10, 0)
@@ -3028,6 +3166,42 @@ async fn filters_decide_which_events_a_subscription_receives() {
     )
     .await;
     queue_sub(&app, "orders", "all", json!({})).await;
+    queue_sub(
+        &app,
+        "orders",
+        "envelope-keys",
+        json!({"filter": {"advancedFilters": [
+            {"operatorType": "StringEndsWith", "key": "SUBJECT", "values": [".XML"]},
+            {"operatorType": "StringIn", "key": "EventType", "values": ["orders.shipped"]},
+            {"operatorType": "StringBeginsWith", "key": "Topic", "values": ["/subscriptions/"]}
+        ]}}),
+    )
+    .await;
+    queue_sub(
+        &app,
+        "orders",
+        "legacy-all",
+        json!({"filter": {"includedEventTypes": ["All"], "subjectBeginsWith": "", "subjectEndsWith": ""}}),
+    )
+    .await;
+    queue_sub(
+        &app,
+        "orders",
+        "arrays-on",
+        json!({"filter": {"enableAdvancedFilteringOnArrays": true, "advancedFilters": [
+            {"operatorType": "StringIn", "key": "data.tags", "values": ["B"]}
+        ]}}),
+    )
+    .await;
+    queue_sub(
+        &app,
+        "orders",
+        "arrays-off",
+        json!({"filter": {"advancedFilters": [
+            {"operatorType": "StringIn", "key": "data.tags", "values": ["b"]}
+        ]}}),
+    )
+    .await;
 
     publish_ok(
         &app,
@@ -3038,7 +3212,7 @@ async fn filters_decide_which_events_a_subscription_receives() {
                 "e1",
                 "orders.created",
                 "shop/eu/1.json",
-                json!({"qty": 10, "color": "RED", "express": false, "region": "eu"})
+                json!({"qty": 10, "color": "RED", "express": false, "region": "eu", "tags": ["a", "b"]})
             ),
             eg(
                 "e2",
@@ -3067,7 +3241,11 @@ async fn filters_decide_which_events_a_subscription_receives() {
         ]),
     )
     .await;
-    let expect: [(&str, &[&str]); 7] = [
+    let expect: [(&str, &[&str]); 11] = [
+        ("envelope-keys", &["e4"]),
+        ("legacy-all", &["e1", "e2", "e3", "e4", "e5"]),
+        ("arrays-on", &["e1"]),
+        ("arrays-off", &[]),
         ("by-type", &["e1", "e5"]),
         ("by-subject", &["e1", "e2", "e5"]),
         ("case-sensitive", &["e1", "e4", "e5"]),
@@ -3078,7 +3256,7 @@ async fn filters_decide_which_events_a_subscription_receives() {
     ];
     for (sub, want) in expect {
         let got = drain(&app, "orders", sub, &key).await;
-        assert_eq!(ids(&got), want, "subscription {sub}");
+        assert_eq!(ids(&got), want.to_vec(), "subscription {sub}");
         let m = sub_metrics(&app, "orders", sub).await;
         assert_eq!(metric(&m, "matched"), want.len() as i64, "{sub}: {m}");
         assert_eq!(metric(&m, "unmatched"), 5 - want.len() as i64, "{sub}: {m}");
@@ -3144,6 +3322,182 @@ async fn pull_errors_are_4xx_with_the_error_body() {
     )
     .await;
     assert_eq!(received_items(&r).len(), 0);
+}
+
+/// A lock that runs out makes the event receivable again with a higher
+/// deliveryCount; renewLock pushes the expiry out. Needs the 30 s minimum lock.
+#[tokio::test]
+async fn expired_locks_redeliver_and_renew_lock_extends_them() {
+    let app = spawn_app().await;
+    let key = eg_topic(&app, "orders").await;
+    queue_sub(
+        &app,
+        "orders",
+        "pull",
+        json!({"deliveryConfiguration": {"deliveryMode": "Queue",
+               "queue": {"receiveLockDurationInSeconds": 30}}}),
+    )
+    .await;
+    publish_ok(
+        &app,
+        "orders",
+        &key,
+        &json!([
+            eg("kept", "t", "s", json!({})),
+            eg("lapsed", "t", "s", json!({}))
+        ]),
+    )
+    .await;
+    let locked_at = Instant::now();
+    let got = receive(&app, "orders", "pull", &key, 2, 0).await;
+    assert_eq!(ids(&got), ["kept", "lapsed"]);
+    let (kept, lapsed) = (tokens(&got[..1]), tokens(&got[1..]));
+    // Half-way through the lock, renew one of them.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let r = settle(&app, "orders", "pull", &key, "renewLock", "", &kept).await;
+    assert_eq!(r.expect(200)["succeededLockTokens"], json!(kept));
+    // Nothing is receivable while both locks hold.
+    assert!(
+        receive(&app, "orders", "pull", &key, 10, 0)
+            .await
+            .is_empty()
+    );
+    // The other lock lapses at 30 s; a waiting receive picks the event up.
+    let back = receive(&app, "orders", "pull", &key, 10, 40).await;
+    let after = locked_at.elapsed();
+    assert_eq!(ids(&back), ["lapsed"], "the renewed event stays locked");
+    assert_eq!(back[0]["brokerProperties"]["deliveryCount"], 2);
+    assert!(
+        after >= Duration::from_secs(29) && after < Duration::from_secs(44),
+        "lock of 30 s lapsed after {after:?}"
+    );
+    // The lapsed token is lost; the renewed one still settles.
+    let r = settle(&app, "orders", "pull", &key, "acknowledge", "", &lapsed).await;
+    assert_eq!(
+        r.expect(200)["failedLockTokens"][0]["error"]["code"],
+        "TokenLost"
+    );
+    settle_ok(&app, "orders", "pull", &key, "acknowledge", &kept).await;
+    settle_ok(&app, "orders", "pull", &key, "acknowledge", &tokens(&back)).await;
+    assert!(
+        receive(&app, "orders", "pull", &key, 10, 0)
+            .await
+            .is_empty()
+    );
+}
+
+/// Several receivers on one subscription at once: each event goes to
+/// exactly one of them, and none is lost.
+#[tokio::test]
+async fn competing_receivers_never_share_an_event() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let key = eg_topic(&app, "orders").await;
+    queue_sub(&app, "orders", "pull", json!({})).await;
+    let events: Vec<Value> = (0..150)
+        .map(|i| eg(&format!("c-{i:03}"), "t", "s", json!({ "i": i })))
+        .collect();
+    for chunk in events.chunks(50) {
+        publish_ok(&app, "orders", &key, &json!(chunk)).await;
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let (app, key) = (app.clone(), key.clone());
+        set.spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let items = receive(&app, "orders", "pull", &key, 7, 0).await;
+                if items.is_empty() {
+                    return mine;
+                }
+                settle_ok(&app, "orders", "pull", &key, "acknowledge", &tokens(&items)).await;
+                mine.extend(ids(&items));
+            }
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = set.join_next().await {
+        all.extend(done.expect("receiver"));
+    }
+    let unique: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "an event went to two receivers");
+    assert_eq!(all.len(), 150, "every event was received once");
+    let m = sub_metrics(&app, "orders", "pull").await;
+    assert_eq!(metric(&m, "delivered"), 150, "{m}");
+    assert_eq!(metric(&m, "backlog"), 0, "{m}");
+}
+
+/// Spec §8/§10: a namespace subscription's eventTimeToLive is at least
+/// PT1M and at most 7 days.
+#[tokio::test]
+async fn event_time_to_live_is_between_one_minute_and_seven_days() {
+    let app = spawn_app().await;
+    eg_topic(&app, "orders").await;
+    for (name, ttl, ok) in [
+        ("ttl-1m", "PT1M", true),
+        ("ttl-7d", "P7D", true),
+        ("ttl-30s", "PT30S", false),
+        ("ttl-8d", "P8D", false),
+        ("ttl-2w", "P2W", false),
+    ] {
+        let r = put_sub(
+            &app,
+            "orders",
+            name,
+            json!({"deliveryConfiguration": {"deliveryMode": "Queue",
+                   "queue": {"eventTimeToLive": ttl}}}),
+        )
+        .await;
+        assert_eq!(r.status, if ok { 201 } else { 400 }, "{ttl}: {}", r.text);
+    }
+}
+
+/// Spec §2.4 (open choice, the shipped default): a data-plane 413 has
+/// `error.code` `PayloadTooLarge`, however far over the limit the body is.
+#[tokio::test]
+async fn every_publish_413_says_payload_too_large() {
+    let app = spawn_app().await;
+    let key = eg_topic(&app, "orders").await;
+    for len in [MIB + 1, MIB + 100_000, 2 * MIB] {
+        let r = publish_raw(
+            &app,
+            "orders",
+            &key,
+            "application/json",
+            body_of_len(len, 'x'),
+        )
+        .await;
+        r.expect_error(413, "PayloadTooLarge");
+    }
+}
+
+/// Event Grid deletes a subscription once its expirationTimeUtc passes.
+#[tokio::test]
+async fn expired_subscriptions_are_removed() {
+    let app = spawn_app().await;
+    let key = eg_topic(&app, "orders").await;
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let s = queue_sub(
+        &app,
+        "orders",
+        "brief",
+        json!({ "expirationTimeUtc": soon }),
+    )
+    .await;
+    assert_eq!(s["expirationTimeUtc"], soon.as_str());
+    queue_sub(&app, "orders", "lasting", json!({})).await;
+    eventually(
+        "the expired subscription to be removed",
+        Duration::from_secs(30),
+        || async {
+            let r = mgmt(&app, Method::GET, "/orders/eventSubscriptions/brief", None).await;
+            (r.status == 404).then_some(())
+        },
+    )
+    .await;
+    get_sub(&app, "orders", "lasting").await;
+    publish_ok(&app, "orders", &key, &json!([eg("x", "t", "s", json!({}))])).await;
+    assert_eq!(ids(&drain(&app, "orders", "lasting", &key).await), ["x"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -3282,4 +3636,79 @@ async fn secret_changes_reach_a_queue_subscription_on_the_vault_topic() {
     );
     let m = sub_metrics(&app, DEFAULT, "kv-pull").await;
     assert_eq!(metric(&m, "delivered"), 2, "{m}");
+    assert_eq!(metric(&m, "matched"), 2, "{m}");
+}
+
+/// The topic's `metrics.published` counts what reached its log, and for a
+/// vault's system topic that is what the vault published.
+#[tokio::test]
+async fn vault_events_count_as_published_on_the_system_topic() {
+    let app = spawn_app().await;
+    assert_eq!(published(&app, DEFAULT).await, 0);
+    app.set_value(DEFAULT, "one", "v").await;
+    app.set_value(DEFAULT, "two", "v").await;
+    assert_eq!(published(&app, DEFAULT).await, 2);
+}
+
+/// NearExpiry and Expired reach a pull subscriber too: a secret created
+/// with `exp` two seconds away is near expiry at once and expired soon.
+#[tokio::test]
+async fn secret_expiry_events_reach_a_queue_subscription() {
+    let app = spawn_app().await;
+    queue_sub(&app, DEFAULT, "kv-all", json!({})).await;
+    let key = keys(&app, DEFAULT).await[0].clone();
+    let exp = now() + 2;
+    let bundle = app
+        .set(
+            DEFAULT,
+            "short-lived",
+            json!({"value": "v", "attributes": {"exp": exp}}),
+        )
+        .await;
+    let version = version_of(bundle["id"].as_str().expect("id"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got: Vec<Value> = Vec::new();
+    while got.len() < 3 {
+        assert!(Instant::now() < deadline, "events so far: {got:#?}");
+        let items = receive(&app, DEFAULT, "kv-all", &key, 10, 1).await;
+        if !items.is_empty() {
+            settle_ok(
+                &app,
+                DEFAULT,
+                "kv-all",
+                &key,
+                "acknowledge",
+                &tokens(&items),
+            )
+            .await;
+        }
+        got.extend(items);
+    }
+    let types: Vec<&str> = got
+        .iter()
+        .map(|i| i["event"]["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            NEW_SECRET,
+            "Microsoft.KeyVault.SecretNearExpiry",
+            "Microsoft.KeyVault.SecretExpired"
+        ]
+    );
+    for item in &got {
+        let e = &item["event"];
+        assert_eq!(e["subject"], "short-lived");
+        assert_eq!(e["source"], vault_topic(DEFAULT));
+        assert_eq!(e["data"]["Version"], version.as_str());
+        assert_eq!(e["data"]["EXP"], exp, "EXP is a number: {e}");
+        assert_eq!(e["data"]["NBF"], Value::Null);
+        assert_eq!(e["data"]["ObjectType"], "Secret");
+    }
+    // Exactly once each.
+    assert!(
+        receive(&app, DEFAULT, "kv-all", &key, 10, 1)
+            .await
+            .is_empty()
+    );
 }

@@ -3,7 +3,7 @@
 //! (`/topics/{t}/eventsubscriptions/{s}:receive` and the settle calls).
 
 use super::query_param;
-use crate::error::{ApiError, body_rejection};
+use crate::error::{ApiError, body_rejection as kv_body_rejection};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -24,6 +24,15 @@ pub fn router() -> Router<AppState> {
         .route("/topics/{topic_op}", post(publish_namespace))
         .route("/topics/{topic}/eventsubscriptions/{sub_op}", post(pull))
         .route("/topics/{topic}/eventSubscriptions/{sub_op}", post(pull))
+}
+
+/// Event Grid names an oversize body PayloadTooLarge (spec §2.4).
+fn body_rejection(e: BytesRejection) -> ApiError {
+    let mut err = kv_body_rejection(e);
+    if err.status == StatusCode::PAYLOAD_TOO_LARGE {
+        err.code = "PayloadTooLarge";
+    }
+    err
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
@@ -195,7 +204,13 @@ async fn pull(
             .router
             .receive(&topic, sub, max_events, Duration::from_secs(wait as u64))
             .await?;
-        return Ok(Json(json!({ "value": events })).into_response());
+        // Serialized as a struct so each event's raw text (and `data`'s exact
+        // bytes) goes out untouched; a `json!` value would re-encode it.
+        #[derive(serde::Serialize)]
+        struct ReceiveResult {
+            value: Vec<herald_router::Received>,
+        }
+        return Ok(Json(ReceiveResult { value: events }).into_response());
     }
     let action = match op {
         "acknowledge" => Settle::Acknowledge,

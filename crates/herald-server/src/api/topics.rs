@@ -297,11 +297,31 @@ struct Page {
     limit: Option<i64>,
 }
 
+/// One dead-lettered event; `event` is raw text so `data` keeps its bytes.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeadLetterItem {
+    id: i64,
+    event: Option<Box<serde_json::value::RawValue>>,
+    dead_letter_reason: String,
+    delivery_attempts: i64,
+    last_delivery_outcome: Option<String>,
+    publish_time: String,
+    dead_lettered_time: String,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeadLetterPage {
+    value: Vec<DeadLetterItem>,
+    next_after: Option<i64>,
+}
+
 async fn dead_letters(
     State(st): State<AppState>,
     Path((topic, name)): Path<(String, String)>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeadLetterPage>, ApiError> {
     let Query(page) = page.map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -314,31 +334,28 @@ async fn dead_letters(
         .router
         .dead_letters(&topic, &name, page.after.unwrap_or(0), limit)
         .await?;
-    let items: Vec<Value> = rows
+    let next_after = rows
+        .last()
+        .filter(|_| rows.len() as i64 == limit)
+        .map(|d| d.id);
+    let value = rows
         .iter()
-        .map(|d| {
-            let event = herald_router::schema::render_raw(
+        .map(|d| DeadLetterItem {
+            id: d.id,
+            event: herald_router::schema::render_raw(
                 &d.body,
                 &t.input,
                 herald_router::schema::DeliverySchema::CloudEventSchemaV1_0,
                 false,
             )
             .ok()
-            .and_then(|text| serde_json::value::RawValue::from_string(text).ok());
-            json!({
-                "id": d.id,
-                "event": event,
-                "deadLetterReason": d.reason,
-                "deliveryAttempts": d.delivery_count,
-                "lastDeliveryOutcome": d.last_outcome,
-                "publishTime": time(d.published_at),
-                "deadLetteredTime": time(d.dead_lettered_at),
-            })
+            .and_then(|text| serde_json::value::RawValue::from_string(text).ok()),
+            dead_letter_reason: d.reason.clone(),
+            delivery_attempts: d.delivery_count,
+            last_delivery_outcome: d.last_outcome.clone(),
+            publish_time: time(d.published_at),
+            dead_lettered_time: time(d.dead_lettered_at),
         })
         .collect();
-    let next = rows
-        .last()
-        .filter(|_| rows.len() as i64 == limit)
-        .map(|d| d.id);
-    Ok(Json(json!({ "value": items, "nextAfter": next })))
+    Ok(Json(DeadLetterPage { value, next_after }))
 }
