@@ -167,6 +167,8 @@ pub fn parse_expiry(raw: &str) -> Option<DateTime<Utc>> {
     for fmt in [
         "%Y-%m-%d %H:%M:%S%.f",
         "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
         "%m/%d/%Y %I:%M:%S %p",
         "%m/%d/%Y %H:%M:%S",
     ] {
@@ -289,6 +291,8 @@ mod tests {
             "2017-06-15 18:20:15+00:00",
             "2017-06-15 18:20:15.123456+00:00",
             "2017-06-15 18:20:15",
+            "2017-06-15T18:20:15",
+            "2017-06-15T18:20:15.000000",
         ] {
             let t = parse_expiry(raw).unwrap_or_else(|| panic!("{raw}"));
             assert_eq!(t.timestamp(), 1497550815, "{raw}");

@@ -363,7 +363,8 @@ impl RouterService {
         Ok(())
     }
 
-    fn waker(&self, topic_id: &str) -> Arc<Notify> {
+    /// Woken whenever this node appends to the topic's log.
+    pub fn waker(&self, topic_id: &str) -> Arc<Notify> {
         let mut map = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(topic_id.to_owned()).or_default().clone()
     }
@@ -413,7 +414,41 @@ impl RouterService {
 
     // ---- subscriptions ----
 
-    fn parse_sub(record: SubscriptionRecord) -> RouterResult<Subscription> {
+    /// Records the outcome of a webhook handshake.
+    pub async fn set_subscription_state(
+        &self,
+        sub: &mut Subscription,
+        state: &str,
+        reason: Option<&str>,
+    ) -> RouterResult<()> {
+        self.storage
+            .set_subscription_state(&sub.record.id, state, reason)
+            .await?;
+        sub.record.provisioning_state = state.to_owned();
+        sub.record.state_reason = reason.map(str::to_owned);
+        tracing::info!(subscription = %sub.record.name, state, reason = reason.unwrap_or(""), "event subscription state changed");
+        Ok(())
+    }
+
+    /// Finds a subscription by id (the dispatcher's view).
+    pub async fn subscription_by_id(
+        &self,
+        id: &str,
+    ) -> RouterResult<Option<(Arc<TopicInfo>, Subscription)>> {
+        for record in self.storage.all_subscriptions().await? {
+            if record.id == id {
+                let topics = self.storage.list_topics().await?;
+                let Some(t) = topics.into_iter().find(|t| t.id == record.topic_id) else {
+                    return Ok(None);
+                };
+                let topic = self.topic(&t.name).await?;
+                return Ok(Some((topic, Self::parse_sub(record)?)));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn parse_sub(record: SubscriptionRecord) -> RouterResult<Subscription> {
         let properties = serde_json::from_str(&record.config).map_err(|e| {
             anyhow::anyhow!("subscription {} has corrupt properties: {e}", record.name)
         })?;
@@ -458,7 +493,14 @@ impl RouterService {
             name: name.to_owned(),
             config: serde_json::to_string(&properties)
                 .map_err(|e| RouterError::Internal(e.into()))?,
-            provisioning_state: "Succeeded".into(),
+            // Webhooks must prove ownership first (herald-delivery runs the
+            // handshake); pull queues need no handshake.
+            provisioning_state: if properties.is_queue() {
+                "Succeeded"
+            } else {
+                "Creating"
+            }
+            .into(),
             state_reason: None,
             created: existing.as_ref().map_or(now, |e| e.created),
             updated: now,
@@ -655,6 +697,29 @@ impl RouterService {
             .dead_letters(&sub.record.id, after_id, limit)
             .await?;
         Ok((topic, sub, rows))
+    }
+
+    pub async fn replay_dead_letters(
+        &self,
+        sub: &Subscription,
+        ids: Vec<i64>,
+    ) -> RouterResult<u64> {
+        Ok(self
+            .storage
+            .replay_dead_letters(&sub.record.id, ids, Utc::now().timestamp_millis())
+            .await?)
+    }
+
+    pub async fn attempts(
+        &self,
+        sub: &Subscription,
+        after_id: i64,
+        limit: i64,
+    ) -> RouterResult<Vec<(i64, herald_storage::AttemptRecord)>> {
+        Ok(self
+            .storage
+            .attempts(&sub.record.id, after_id, limit)
+            .await?)
     }
 
     /// Durable counters of a topic or subscription id.

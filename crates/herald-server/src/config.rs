@@ -38,6 +38,13 @@ pub struct Config {
     pub resource_group: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// CIDRs webhook deliveries may reach although private or loopback
+    /// (HERALD_DELIVERY_ALLOWED_CIDRS=127.0.0.0/8,10.0.0.0/8).
+    pub delivery_allowed_cidrs: Vec<String>,
+    /// Multiplies Event Grid's retry schedule; e.g. 0.01 turns 10 s into 100 ms for demos and tests.
+    pub delivery_retry_scale: f64,
+    /// Base URL clients use to reach this server (validation links); default https://localhost:PORT.
+    pub public_url: Option<String>,
 }
 
 impl Default for Config {
@@ -59,6 +66,9 @@ impl Default for Config {
             subscription_id: scope.subscription_id,
             resource_group: scope.resource_group,
             log_format: "text".into(),
+            delivery_allowed_cidrs: Vec::new(),
+            delivery_retry_scale: 1.0,
+            public_url: None,
         }
     }
 }
@@ -88,7 +98,23 @@ impl Config {
             None => fig = fig.merge(Toml::file("herald.toml")),
         }
         // HERALD_ADDR/HERALD_TOKEN/HERALD_CONFIG belong to the CLI, not the server.
-        let env = Env::prefixed("HERALD_").ignore(&["addr", "token", "config", "cacert"]);
+        let mut env = Env::prefixed("HERALD_").ignore(&[
+            "addr",
+            "token",
+            "config",
+            "cacert",
+            "delivery_allowed_cidrs",
+        ]);
+        // A comma-separated list in one variable, as operators write it.
+        if let Ok(list) = std::env::var("HERALD_DELIVERY_ALLOWED_CIDRS") {
+            let cidrs: Vec<String> = list
+                .split(',')
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect();
+            fig = fig.merge(Serialized::default("delivery_allowed_cidrs", cidrs));
+        }
+        env = env.split("__");
         let cfg: Config = fig
             .merge(env)
             .merge(Serialized::defaults(overrides))
@@ -125,6 +151,16 @@ impl Config {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key must be set together".into());
+        }
+        for c in &self.delivery_allowed_cidrs {
+            if c.parse::<ipnet::IpNet>().is_err() {
+                return bad(format!(
+                    "delivery_allowed_cidrs: '{c}' is not a CIDR such as 127.0.0.0/8"
+                ));
+            }
+        }
+        if !(self.delivery_retry_scale > 0.0 && self.delivery_retry_scale <= 1.0) {
+            return bad("delivery_retry_scale must be greater than 0 and at most 1".into());
         }
         if self.lifecycle_interval_ms == 0 {
             return bad("lifecycle_interval_ms must be at least 1".into());

@@ -101,6 +101,35 @@ impl Server {
         };
         let router =
             herald_router::RouterService::new(storage.clone(), master.clone(), scope.clone());
+        let public_url = config.public_url.clone().unwrap_or_else(|| {
+            format!(
+                "https://localhost:{}",
+                config.public_port.unwrap_or(addr.port())
+            )
+        });
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        let allowed: Vec<ipnet::IpNet> = config
+            .delivery_allowed_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        let client =
+            herald_delivery::http::DeliveryClient::new(herald_delivery::http::ClientConfig {
+                allowed_cidrs: allowed,
+                ..Default::default()
+            })?;
+        let delivery = herald_delivery::Delivery::new(
+            router.clone(),
+            storage.clone(),
+            client,
+            herald_delivery::DeliverySettings {
+                internal_prefixes: vec![format!("{public_url}/webhooks")],
+                public_base_url: public_url,
+                retry_scale: config.delivery_retry_scale,
+                dead_letter_root: Some(config.data_dir.join("deadletters")),
+                ..Default::default()
+            },
+        )?;
         let vault = VaultService::new(storage.clone(), master, scope, urls.clone());
         vault
             .ensure_default_vault(VaultSettings {
@@ -124,6 +153,7 @@ impl Server {
             storage,
             vault,
             router,
+            delivery,
             tokens: Arc::new(TokenCache::default()),
             vaults: Arc::new(VaultCache::default()),
             tenant_id: tenant_id.into(),
@@ -150,6 +180,7 @@ impl Server {
             shutdown.clone(),
         ));
         let sweeper = tokio::spawn(run_router_duties(state.router.clone(), shutdown.clone()));
+        let dispatcher = tokio::spawn(state.delivery.clone().run(shutdown.clone()));
         let app = api::router(state);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
@@ -198,6 +229,7 @@ impl Server {
         }
         let _ = lifecycle.await;
         let _ = sweeper.await;
+        let _ = dispatcher.await;
         tracing::info!("herald stopped");
         Ok(())
     }

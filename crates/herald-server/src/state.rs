@@ -15,6 +15,7 @@ pub struct AppState {
     pub storage: Arc<dyn Storage>,
     pub vault: VaultService,
     pub router: herald_router::RouterService,
+    pub delivery: herald_delivery::Delivery,
     pub tokens: Arc<TokenCache>,
     pub vaults: Arc<VaultCache>,
     pub tenant_id: Arc<str>,

@@ -24,6 +24,10 @@ pub fn router() -> Router<AppState> {
         .route("/topics/{topic_op}", post(publish_namespace))
         .route("/topics/{topic}/eventsubscriptions/{sub_op}", post(pull))
         .route("/topics/{topic}/eventSubscriptions/{sub_op}", post(pull))
+        .route(
+            "/eventsubscriptions/{name}/validate",
+            axum::routing::get(manual_validation).post(manual_validation),
+        )
 }
 
 /// Event Grid names an oversize body PayloadTooLarge (spec §2.4).
@@ -260,4 +264,35 @@ async fn pull(
         }
     }
     Ok(Json(json!({ "succeededLockTokens": ok, "failedLockTokens": failed })).into_response())
+}
+
+/// The `validationUrl` sent in the handshake: a GET (or POST) within the
+/// window completes a manual validation. The token is the credential.
+async fn manual_validation(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let Some(token) = query_param(query.as_deref(), "token") else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "The validation link has no token.",
+        ));
+    };
+    if st
+        .delivery
+        .complete_manual_validation(&name, &token)
+        .await?
+    {
+        Ok((
+            StatusCode::OK,
+            "Webhook successfully validated as a subscription endpoint.",
+        )
+            .into_response())
+    } else {
+        Err(error(
+            StatusCode::NOT_FOUND,
+            "This validation link is unknown, already used, or expired (links are valid for 10 minutes).",
+        ))
+    }
 }

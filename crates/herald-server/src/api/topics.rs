@@ -34,6 +34,11 @@ pub fn router() -> Router<AppState> {
             "/{topic}/eventSubscriptions/{name}/deadLetters",
             get(dead_letters),
         )
+        .route(
+            "/{topic}/eventSubscriptions/{name}/deadLetters/replay",
+            post(replay_dead_letters),
+        )
+        .route("/{topic}/eventSubscriptions/{name}/attempts", get(attempts))
 }
 
 /// The authority the client used (HTTP/2 sends it in the URI, HTTP/1.1 in Host).
@@ -81,6 +86,17 @@ fn subscription_dto(topic: &TopicInfo, s: &Subscription) -> Value {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
     };
+    // The full URL often carries a secret in its query; show only its base, as ARM does.
+    if let Some(Value::Object(props)) = v
+        .get_mut("destination")
+        .and_then(|d| d.get_mut("properties"))
+        && let Some(Value::String(url)) = props.remove("endpointUrl")
+    {
+        props.insert(
+            "endpointBaseUrl".into(),
+            json!(url.split('?').next().unwrap_or_default()),
+        );
+    }
     v.insert("name".into(), json!(s.record.name));
     v.insert(
         "id".into(),
@@ -213,6 +229,9 @@ async fn show_subscription(
     let (t, s) = st.router.subscription(&topic, &name).await?;
     let mut v = subscription_dto(&t, &s);
     v["metrics"] = json!(st.router.subscription_metrics(&s).await?);
+    if let Some(h) = st.delivery.health(&s.record.id) {
+        v["deliveryHealth"] = json!(h);
+    }
     Ok(Json(v))
 }
 
@@ -241,11 +260,12 @@ async fn put_subscription(
     Path((topic, name)): Path<(String, String)>,
     AzJson(body): AzJson<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (s, created) = st
+    let (mut s, created) = st
         .router
         .put_subscription(&topic, &name, parse_input(body)?)
         .await?;
     let t = st.router.topic(&topic).await?;
+    st.delivery.validate(&t, &mut s).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -275,11 +295,12 @@ async fn patch_subscription(
     for (k, v) in patch {
         merged.insert(k, v);
     }
-    let (s, _) = st
+    let (mut s, _) = st
         .router
         .put_subscription(&topic, &name, parse_input(Value::Object(merged))?)
         .await?;
     let t = st.router.topic(&topic).await?;
+    st.delivery.validate(&t, &mut s).await?;
     Ok(Json(subscription_dto(&t, &s)))
 }
 
@@ -358,4 +379,74 @@ async fn dead_letters(
         })
         .collect();
     Ok(Json(DeadLetterPage { value, next_after }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ReplayBody {
+    /// Dead-letter ids to replay; absent means all.
+    ids: Option<Vec<i64>>,
+}
+
+async fn replay_dead_letters(
+    State(st): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: ReplayBody = if body.is_empty() {
+        ReplayBody::default()
+    } else {
+        crate::error::parse_json(&body)?
+    };
+    let (_, sub) = st.router.subscription(&topic, &name).await?;
+    let ids = match req.ids {
+        Some(ids) => ids,
+        None => {
+            let (_, _, rows) = st.router.dead_letters(&topic, &name, 0, 100_000).await?;
+            rows.iter().map(|d| d.id).collect()
+        }
+    };
+    let replayed = st.router.replay_dead_letters(&sub, ids).await?;
+    tracing::info!(topic = %topic, subscription = %name, replayed, "dead-lettered events replayed");
+    Ok(Json(json!({ "replayed": replayed })))
+}
+
+async fn attempts(
+    State(st): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(page) = page.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Use ?after=<id>&limit=<1-1000>.",
+        )
+    })?;
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let (_, sub) = st.router.subscription(&topic, &name).await?;
+    let rows = st
+        .router
+        .attempts(&sub, page.after.unwrap_or(0), limit)
+        .await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|(id, a)| {
+            json!({
+                "id": id,
+                "eventId": a.event_id,
+                "attempt": a.attempt,
+                "time": Utc.timestamp_millis_opt(a.at_ms).single().map(|t| t.to_rfc3339()),
+                "status": a.status,
+                "latencyMs": a.latency_ms,
+                "outcome": a.outcome,
+                "response": a.response,
+            })
+        })
+        .collect();
+    let next = rows
+        .last()
+        .filter(|_| rows.len() as i64 == limit)
+        .map(|(id, _)| *id);
+    Ok(Json(json!({ "value": items, "nextAfter": next })))
 }

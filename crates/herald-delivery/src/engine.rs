@@ -1,0 +1,602 @@
+//! The dispatcher: one worker per validated webhook subscription claims due
+//! messages from the subscription's queue, sends them in batches, and
+//! settles each batch as delivered, retried later, or dead-lettered.
+
+use crate::http::Outcome;
+use crate::retry;
+use crate::validation::base_url;
+use crate::{Delivery, upper_name};
+use bytes::Bytes;
+use chrono::{TimeZone, Utc};
+use herald_router::schema::{self, DeliverySchema};
+use herald_router::subscription::{Destination, WebHookProperties};
+use herald_router::{RouterService, Subscription, TopicInfo};
+use herald_storage::{AttemptRecord, ClaimOptions, ClaimedMessage, SettleAction};
+use http::Method;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// An endpoint's recent record, shown on the subscription.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub consecutive_failures: u32,
+    /// Unix ms until which deliveries are held back, if on probation.
+    pub probation_until: Option<i64>,
+    pub last_outcome: Option<String>,
+}
+
+/// Probation starts after this many failures in a row.
+const PROBATION_AFTER: u32 = 10;
+const PROBATION_MAX: Duration = Duration::from_secs(3600);
+/// How long a claimed batch stays locked: longer than the 30 s timeout.
+const IN_FLIGHT_LOCK_MS: i64 = 120_000;
+const RESPONSE_SNIPPET: usize = 512;
+
+struct Batch {
+    messages: Vec<ClaimedMessage>,
+    body: Bytes,
+    event_ids: Vec<String>,
+    data_version: Option<String>,
+}
+
+enum Verdict {
+    Delivered,
+    Retry { delay: Duration },
+    DeadLetter { reason: &'static str },
+}
+
+impl Delivery {
+    /// Supervises workers until `shutdown`: starts one per validated webhook
+    /// subscription, restarts it when the subscription changes, stops it
+    /// when the subscription goes away.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut workers: HashMap<String, (i64, CancellationToken)> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut last_prune = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let subs = match self.storage.all_subscriptions().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "dispatcher cannot list subscriptions; will retry");
+                    continue;
+                }
+            };
+            let mut live = std::collections::HashSet::new();
+            for record in subs {
+                if record.provisioning_state != "Succeeded"
+                    || !record.config.contains("\"WebHook\"")
+                {
+                    continue;
+                }
+                live.insert(record.id.clone());
+                let fresh = workers
+                    .get(&record.id)
+                    .is_some_and(|(updated, _)| *updated == record.updated);
+                if fresh {
+                    continue;
+                }
+                if let Some((_, old)) = workers.remove(&record.id) {
+                    old.cancel();
+                }
+                let Some((topic, sub)) = self
+                    .router
+                    .subscription_by_id(&record.id)
+                    .await
+                    .ok()
+                    .flatten()
+                else {
+                    continue;
+                };
+                let stop = shutdown.child_token();
+                workers.insert(record.id.clone(), (record.updated, stop.clone()));
+                tokio::spawn(self.clone().worker(topic, sub, stop));
+            }
+            workers.retain(|id, (_, stop)| {
+                let keep = live.contains(id);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            if let Err(e) = self.expire_manual_validations().await {
+                tracing::error!(error = %e, "expiring manual validations failed");
+            }
+            if last_prune.elapsed() > Duration::from_secs(3600) {
+                last_prune = Instant::now();
+                let before = Utc::now().timestamp_millis()
+                    - self.settings.attempt_retention.as_millis() as i64;
+                match self.storage.prune_attempts(before).await {
+                    Ok(n) if n > 0 => tracing::info!(pruned = n, "delivery log pruned"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "pruning the delivery log failed"),
+                }
+            }
+        }
+        for (_, (_, stop)) in workers {
+            stop.cancel();
+        }
+    }
+
+    async fn worker(self, topic: Arc<TopicInfo>, sub: Subscription, stop: CancellationToken) {
+        let Some(Destination::WebHook(hook)) = sub.properties.destination.clone() else {
+            return;
+        };
+        tracing::info!(topic = %topic.name(), subscription = %sub.record.name, endpoint = %base_url(&hook.endpoint_url),
+            "delivery started");
+        let matcher = RouterService::matcher(
+            sub.properties.filter.clone(),
+            schema::stored_envelope(&topic.input),
+            sub.properties.expires_at().map(|t| t.timestamp()),
+        );
+        let waker = self.router.waker(&topic.record.id);
+        let gate = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            if let Some(until) = self.health(&sub.record.id).and_then(|h| h.probation_until) {
+                let wait = until - Utc::now().timestamp_millis();
+                if wait > 0 {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                    }
+                }
+            }
+            let notified = waker.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // A probe of one event after probation; otherwise a full window.
+            let probing = self
+                .health(&sub.record.id)
+                .is_some_and(|h| h.probation_until.is_some());
+            let window = if probing {
+                1
+            } else {
+                (hook.max_events_per_batch as i64 * 8).clamp(64, 5000)
+            };
+            let opts = ClaimOptions {
+                max: window,
+                now_ms: Utc::now().timestamp_millis(),
+                lock_ms: IN_FLIGHT_LOCK_MS,
+                // Attempts are capped when settling; this is a backstop.
+                max_delivery_count: sub.properties.retry_policy.max_delivery_attempts + 1,
+                ttl_ms: sub.properties.retry_policy.event_time_to_live_in_minutes * 60_000,
+                scan_limit: 5000,
+            };
+            let claimed = match self
+                .storage
+                .claim(&sub.record.id, &topic.record.id, opts, matcher.clone())
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, subscription = %sub.record.name, "claim failed; will retry");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                let next_due = self.storage.next_due(&sub.record.id).await.ok().flatten();
+                let until_due = next_due
+                    .map(|d| {
+                        Duration::from_millis((d - Utc::now().timestamp_millis()).max(1) as u64)
+                    })
+                    .unwrap_or(Duration::from_secs(1));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(until_due.min(Duration::from_millis(500))) => {}
+                }
+                continue;
+            }
+            let batches = self.form_batches(&topic, &sub, &hook, claimed);
+            let mut tasks = Vec::with_capacity(batches.len());
+            for batch in batches {
+                let Ok(permit) = gate.clone().acquire_owned().await else {
+                    return;
+                };
+                let this = self.clone();
+                let (topic, sub, hook) = (topic.clone(), sub.clone(), hook.clone());
+                tasks.push(tokio::spawn(async move {
+                    let _permit = permit;
+                    this.deliver(&topic, &sub, &hook, batch).await;
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    }
+
+    /// Groups claimed events into request bodies within the batch limits.
+    /// Never waits to fill a batch: whatever is due goes now.
+    fn form_batches(
+        &self,
+        topic: &TopicInfo,
+        sub: &Subscription,
+        hook: &WebHookProperties,
+        claimed: Vec<ClaimedMessage>,
+    ) -> Vec<Batch> {
+        let schema = sub.properties.event_delivery_schema;
+        let max_events = hook.max_events_per_batch.max(1) as usize;
+        let max_bytes = hook.preferred_batch_size_in_kilobytes as usize * 1024;
+        let batched_ce = schema == DeliverySchema::CloudEventSchemaV1_0 && max_events > 1;
+        let mut out = Vec::new();
+        let mut cur: Vec<(ClaimedMessage, String)> = Vec::new();
+        let mut size = 0;
+        let flush = |cur: &mut Vec<(ClaimedMessage, String)>, out: &mut Vec<Batch>| {
+            if cur.is_empty() {
+                return;
+            }
+            let texts: Vec<&str> = cur.iter().map(|(_, t)| t.as_str()).collect();
+            let body = if schema == DeliverySchema::CloudEventSchemaV1_0 && !batched_ce {
+                texts.first().map(|t| (*t).to_owned()).unwrap_or_default()
+            } else {
+                format!("[{}]", texts.join(","))
+            };
+            let parsed: Vec<Value> = texts
+                .iter()
+                .filter_map(|t| serde_json::from_str(t).ok())
+                .collect();
+            let event_ids = parsed
+                .iter()
+                .map(|v| v["id"].as_str().unwrap_or_default().to_owned())
+                .collect();
+            let data_version = parsed
+                .first()
+                .and_then(|v| v["dataVersion"].as_str().map(str::to_owned));
+            out.push(Batch {
+                messages: cur.drain(..).map(|(m, _)| m).collect(),
+                body: Bytes::from(body),
+                event_ids,
+                data_version,
+            });
+        };
+        for m in claimed {
+            let text = match schema::render_raw(&m.row.body, &topic.input, schema, false) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(seq = m.row.seq, error = %e, "stored event does not render; skipping it");
+                    continue;
+                }
+            };
+            if !cur.is_empty() && (cur.len() >= max_events || size + text.len() > max_bytes) {
+                flush(&mut cur, &mut out);
+                size = 0;
+            }
+            size += text.len();
+            cur.push((m, text));
+            if schema == DeliverySchema::CloudEventSchemaV1_0 && !batched_ce {
+                flush(&mut cur, &mut out);
+                size = 0;
+            }
+        }
+        flush(&mut cur, &mut out);
+        out
+    }
+
+    fn headers(
+        &self,
+        sub: &Subscription,
+        hook: &WebHookProperties,
+        batch: &Batch,
+        attempt: i64,
+    ) -> Vec<(String, String)> {
+        let schema = sub.properties.event_delivery_schema;
+        let mut h = Vec::with_capacity(12);
+        let ce = schema == DeliverySchema::CloudEventSchemaV1_0;
+        let content_type = match (
+            ce,
+            batch.messages.len() > 1 || hook.max_events_per_batch > 1,
+        ) {
+            (true, true) => "application/cloudevents-batch+json; charset=utf-8",
+            (true, false) => "application/cloudevents+json; charset=utf-8",
+            _ => "application/json; charset=utf-8",
+        };
+        h.push(("content-type".into(), content_type.into()));
+        h.push(("aeg-event-type".into(), "Notification".into()));
+        h.push(("aeg-subscription-name".into(), upper_name(&sub.record.name)));
+        // Event Grid counts deliveries from 0.
+        h.push((
+            "aeg-delivery-count".into(),
+            (attempt - 1).max(0).to_string(),
+        ));
+        if ce {
+            h.push(("aeg-metadata-version".into(), "1.0".into()));
+            h.push((
+                "webhook-request-origin".into(),
+                self.settings.origin.clone(),
+            ));
+            h.push(("origin".into(), self.settings.origin.clone()));
+        } else {
+            h.push(("aeg-metadata-version".into(), "1".into()));
+            h.push((
+                "aeg-data-version".into(),
+                batch.data_version.clone().unwrap_or_default(),
+            ));
+        }
+        if let Some(id) = batch.event_ids.first() {
+            h.push(("aeg-output-event-id".into(), id.clone()));
+        }
+        let first: Option<Value> = batch
+            .messages
+            .first()
+            .and_then(|m| serde_json::from_str(&m.row.body).ok());
+        for mapping in &hook.delivery_attribute_mappings {
+            let Some(name) = mapping["name"].as_str() else {
+                continue;
+            };
+            let value = match mapping["type"].as_str() {
+                Some("Static") => mapping["properties"]["value"].as_str().map(str::to_owned),
+                Some("Dynamic") => mapping["properties"]["sourceField"]
+                    .as_str()
+                    .and_then(|path| lookup(first.as_ref()?, path))
+                    .and_then(|v| match v {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        Value::Bool(b) => Some(b.to_string()),
+                        _ => None,
+                    }),
+                _ => None,
+            };
+            if let Some(v) = value {
+                h.push((name.to_owned(), v));
+            }
+        }
+        h
+    }
+
+    async fn deliver(
+        &self,
+        topic: &TopicInfo,
+        sub: &Subscription,
+        hook: &WebHookProperties,
+        batch: Batch,
+    ) {
+        let attempt = batch
+            .messages
+            .iter()
+            .map(|m| m.delivery_count)
+            .max()
+            .unwrap_or(1);
+        let headers = self.headers(sub, hook, &batch, attempt);
+        let outcome = self
+            .client
+            .send(
+                Method::POST,
+                &hook.endpoint_url,
+                &headers,
+                batch.body.clone(),
+            )
+            .await;
+        let now_ms = Utc::now().timestamp_millis();
+        let (status, outcome_name, latency, snippet, retry_after) = match &outcome {
+            Outcome::Response(r) => (
+                Some(r.status),
+                retry::outcome_for_status(r.status),
+                r.latency,
+                Some(
+                    String::from_utf8_lossy(&r.body[..r.body.len().min(RESPONSE_SNIPPET)])
+                        .into_owned(),
+                ),
+                r.retry_after,
+            ),
+            Outcome::Failed {
+                kind,
+                message,
+                latency,
+            } => {
+                let name = match kind {
+                    crate::http::FailureKind::TimedOut => "TimedOut",
+                    crate::http::FailureKind::ResolutionError => "ResolutionError",
+                    crate::http::FailureKind::SocketError => "SocketError",
+                    crate::http::FailureKind::Blocked => "Forbidden",
+                    crate::http::FailureKind::Other => "Aborted",
+                };
+                (
+                    None,
+                    name,
+                    *latency,
+                    Some(message.chars().take(RESPONSE_SNIPPET).collect()),
+                    None,
+                )
+            }
+        };
+        let max_attempts = sub.properties.retry_policy.max_delivery_attempts;
+        let verdict = match status {
+            Some(s) if retry::is_success(s) => Verdict::Delivered,
+            Some(s) if retry::is_final(s) => Verdict::DeadLetter {
+                reason: "UndeliverableDueToClientError",
+            },
+            _ if attempt >= max_attempts => Verdict::DeadLetter {
+                reason: "MaxDeliveryAttemptsExceeded",
+            },
+            _ if matches!(
+                outcome,
+                Outcome::Failed {
+                    kind: crate::http::FailureKind::Blocked,
+                    ..
+                }
+            ) =>
+            {
+                Verdict::DeadLetter {
+                    reason: "UndeliverableDueToClientError",
+                }
+            }
+            _ => {
+                let mut wait = retry::schedule(attempt).max(retry::status_minimum(status));
+                if matches!(status, Some(429) | Some(503))
+                    && let Some(ra) = retry_after
+                {
+                    wait = wait.max(ra);
+                }
+                Verdict::Retry {
+                    delay: self.scaled(retry::jitter(wait)),
+                }
+            }
+        };
+        self.note_health(sub, &verdict, outcome_name);
+        if let Verdict::DeadLetter { reason } = &verdict {
+            self.write_dead_letter_objects(
+                topic,
+                sub,
+                &batch,
+                reason,
+                outcome_name,
+                status,
+                attempt,
+                now_ms,
+            )
+            .await;
+        }
+        let tokens: Vec<String> = batch
+            .messages
+            .iter()
+            .map(|m| m.lock_token.clone())
+            .collect();
+        let action = match verdict {
+            Verdict::Delivered => SettleAction::Acknowledge,
+            Verdict::Retry { delay } => SettleAction::Retry {
+                delay_ms: delay.as_millis() as i64,
+                outcome: outcome_name,
+                status,
+            },
+            Verdict::DeadLetter { reason } => SettleAction::DeadLetter {
+                reason,
+                outcome: outcome_name,
+                status,
+            },
+        };
+        if let Err(e) = self
+            .storage
+            .settle(&sub.record.id, tokens, action, now_ms)
+            .await
+        {
+            // The locks expire and the events are retried: at least once.
+            tracing::error!(error = %e, subscription = %sub.record.name, "settling a delivery failed");
+        }
+        let attempts = batch
+            .messages
+            .iter()
+            .zip(batch.event_ids.iter())
+            .map(|(m, id)| AttemptRecord {
+                subscription_id: sub.record.id.clone(),
+                seq: m.row.seq,
+                event_id: id.clone(),
+                attempt: m.delivery_count,
+                at_ms: now_ms,
+                status,
+                latency_ms: latency.as_millis() as i64,
+                outcome: outcome_name.to_owned(),
+                response: snippet.clone(),
+            })
+            .collect();
+        if let Err(e) = self.storage.record_attempts(attempts).await {
+            tracing::warn!(error = %e, "recording delivery attempts failed");
+        }
+        metrics::counter!("herald_deliveries_total", "subscription" => sub.record.name.clone(), "outcome" => outcome_name)
+            .increment(batch.messages.len() as u64);
+    }
+
+    fn note_health(&self, sub: &Subscription, verdict: &Verdict, outcome: &str) {
+        let Ok(mut map) = self.health.lock() else {
+            return;
+        };
+        let h = map.entry(sub.record.id.clone()).or_default();
+        h.last_outcome = Some(outcome.to_owned());
+        if matches!(verdict, Verdict::Delivered) {
+            if h.probation_until.is_some() {
+                tracing::info!(subscription = %sub.record.name, "endpoint recovered; probation ended");
+            }
+            h.consecutive_failures = 0;
+            h.probation_until = None;
+            return;
+        }
+        h.consecutive_failures += 1;
+        if h.consecutive_failures >= PROBATION_AFTER {
+            // Doubles with each further failure, up to an hour.
+            let doublings = (h.consecutive_failures - PROBATION_AFTER).min(12);
+            let base = retry::probation_for(outcome);
+            let length = self.scaled(base.saturating_mul(1 << doublings).min(PROBATION_MAX));
+            h.probation_until = Some(Utc::now().timestamp_millis() + length.as_millis() as i64);
+            tracing::warn!(subscription = %sub.record.name, failures = h.consecutive_failures, probation_ms = length.as_millis() as u64,
+                "endpoint on probation: deliveries held back");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_dead_letter_objects(
+        &self,
+        topic: &TopicInfo,
+        sub: &Subscription,
+        batch: &Batch,
+        reason: &str,
+        outcome: &str,
+        status: Option<u16>,
+        attempt: i64,
+        now_ms: i64,
+    ) {
+        let (Some(store), Some(dest)) =
+            (&self.dead_letters, &sub.properties.dead_letter_destination)
+        else {
+            return;
+        };
+        let container = dest["properties"]["blobContainerName"]
+            .as_str()
+            .unwrap_or("deadletters");
+        let ce = sub.properties.event_delivery_schema == DeliverySchema::CloudEventSchemaV1_0;
+        let at = Utc
+            .timestamp_millis_opt(now_ms)
+            .single()
+            .unwrap_or_else(Utc::now);
+        let events: Vec<Value> = batch
+            .messages
+            .iter()
+            .filter_map(|m| {
+                let schema = if ce {
+                    DeliverySchema::CloudEventSchemaV1_0
+                } else {
+                    DeliverySchema::EventGridSchema
+                };
+                let text = schema::render_raw(&m.row.body, &topic.input, schema, false).ok()?;
+                let event: Value = serde_json::from_str(&text).ok()?;
+                let info = crate::deadletter::DeadLetterInfo {
+                    reason,
+                    delivery_attempts: attempt,
+                    last_delivery_outcome: Some(outcome),
+                    last_http_status: status,
+                    publish_time: Utc
+                        .timestamp_opt(m.row.published_at, 0)
+                        .single()
+                        .unwrap_or(at),
+                    last_attempt_time: Some(at),
+                };
+                Some(crate::deadletter::annotate(event, ce, &info))
+            })
+            .collect();
+        match store.write(container, &sub.record.name, &events, at).await {
+            Ok(path) => {
+                tracing::info!(subscription = %sub.record.name, path = %path, events = events.len(), reason,
+                "events dead-lettered")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, subscription = %sub.record.name, "writing dead-letter object failed")
+            }
+        }
+    }
+}
+
+/// Reads `data.a.b`-style paths (and top-level names) from an event.
+fn lookup<'a>(event: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(event, |v, seg| v.get(seg))
+}
