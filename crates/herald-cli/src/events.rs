@@ -62,6 +62,104 @@ pub enum EventsCmd {
     },
 }
 
+/// `herald deadletter ...`
+#[derive(Subcommand)]
+pub enum DeadletterCmd {
+    /// List dead-lettered events of an event subscription
+    List {
+        topic: String,
+        subscription: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show one dead-lettered event in full
+    Show {
+        topic: String,
+        subscription: String,
+        id: i64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Send dead-lettered events back through delivery (all, or the given ids)
+    Replay {
+        topic: String,
+        subscription: String,
+        ids: Vec<i64>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+pub async fn run_deadletter(cmd: DeadletterCmd) -> anyhow::Result<()> {
+    match cmd {
+        DeadletterCmd::List {
+            topic,
+            subscription,
+            conn,
+        } => {
+            run(EventsCmd::Deadletters {
+                topic,
+                subscription,
+                conn,
+            })
+            .await
+        }
+        DeadletterCmd::Show {
+            topic,
+            subscription,
+            id,
+            conn,
+        } => {
+            let v = Client::new(&conn)?
+                .api(
+                    Method::GET,
+                    &format!("/api/v1/topics/{topic}/eventSubscriptions/{subscription}/deadLetters?after={}&limit=1", id - 1),
+                    None,
+                )
+                .await?;
+            let item = v["value"]
+                .as_array()
+                .and_then(|a| a.first())
+                .filter(|d| d["id"] == id);
+            match item {
+                Some(d) => output::json(d),
+                None => anyhow::bail!(
+                    "no dead-lettered event {id} on {topic}/{subscription}; list them with `herald deadletter list {topic} {subscription}`"
+                ),
+            }
+            Ok(())
+        }
+        DeadletterCmd::Replay {
+            topic,
+            subscription,
+            ids,
+            conn,
+        } => {
+            let body = if ids.is_empty() {
+                json!({})
+            } else {
+                json!({ "ids": ids })
+            };
+            let v = Client::new(&conn)?
+                .api(
+                    Method::POST,
+                    &format!("/api/v1/topics/{topic}/eventSubscriptions/{subscription}/deadLetters/replay"),
+                    Some(&body),
+                )
+                .await?;
+            if conn.json {
+                output::json(&v);
+            } else {
+                println!(
+                    "Replayed {} event(s) to {topic}/{subscription}.",
+                    output::s(&v["replayed"])
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 const API: &str = "api-version=2024-06-01";
 
 async fn settle(

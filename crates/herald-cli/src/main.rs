@@ -26,6 +26,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the Herald server (zero configuration: ./herald-data, https://127.0.0.1:8443).
+    #[command(
+        after_help = "Environment (secrets are read only from the environment, never from flags):
+  HERALD_ADMIN_TOKEN               initial admin token instead of a generated one (at least 16 characters)
+  HERALD_MASTER_KEY                base64 32-byte master key instead of DATA_DIR/master.key
+  HERALD_DELIVERY_ALLOWED_CIDRS    CIDRs webhooks may reach although private, e.g. 127.0.0.0/8,10.0.0.0/8
+  HERALD_DELIVERY_RETRY_SCALE      multiply the webhook retry schedule (0 < x <= 1) for demos and tests
+  HERALD_PUBLIC_URL                base URL for validation links (default https://localhost:PORT)
+  HERALD_<SETTING>                 any flag above, e.g. HERALD_DATA_DIR, HERALD_LISTEN
+  RUST_LOG                         log level, e.g. info or herald_server=debug
+
+Config file (TOML, --config or ./herald.toml) keys are the flag names with underscores."
+    )]
     Serve(serve::ServeArgs),
     /// Manage vaults (create, list, show, delete).
     #[command(subcommand)]
@@ -42,6 +54,9 @@ enum Command {
     /// Pull delivery: receive, ack, release, reject, deadletters.
     #[command(subcommand)]
     Events(events::EventsCmd),
+    /// Dead-lettered events: list, show, replay.
+    #[command(subcommand)]
+    Deadletter(events::DeadletterCmd),
     /// Measure throughput against an in-process server and print the figures.
     Bench(bench::BenchArgs),
     /// Print shell completions: herald completions bash|zsh|fish.
@@ -68,6 +83,7 @@ fn main() -> ExitCode {
             Command::Topic(cmd) => topic::run_topic(cmd).await,
             Command::Subscription(cmd) => topic::run_subscription(cmd).await,
             Command::Events(cmd) => events::run(cmd).await,
+            Command::Deadletter(cmd) => events::run_deadletter(cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Completions { shell } => {
                 clap_complete::generate(

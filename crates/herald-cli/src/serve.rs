@@ -64,6 +64,18 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_group: Option<String>,
+    /// CIDRs webhook deliveries may reach although private or loopback, comma-separated
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_allowed_cidrs: Option<Vec<String>>,
+    /// Multiply the webhook retry schedule (0 < x <= 1), e.g. 0.01 for demos [default: 1]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_retry_scale: Option<f64>,
+    /// Base URL clients use to reach this server, for validation links [default: https://localhost:PORT]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
     /// Log format: text or json [default: text]; level via RUST_LOG
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -201,6 +201,13 @@ pub enum SubscriptionCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Show the delivery log: every push attempt with status and latency
+    Attempts {
+        topic: String,
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 fn print_topics(conn: &Conn, raw: &Value, list: &[Value]) {
@@ -436,6 +443,47 @@ pub async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
                 .api(Method::GET, &path(&topic, &name), None)
                 .await?;
             print_subscriptions(&conn, &v, std::slice::from_ref(&v));
+        }
+        SubscriptionCmd::Attempts { topic, name, conn } => {
+            let v = Client::new(&conn)?
+                .api(
+                    Method::GET,
+                    &format!("{}/attempts?limit=1000", path(&topic, &name)),
+                    None,
+                )
+                .await?;
+            if conn.json {
+                output::json(&v);
+                return Ok(());
+            }
+            output::table(
+                &[
+                    "TIME",
+                    "EVENT ID",
+                    "ATTEMPT",
+                    "STATUS",
+                    "OUTCOME",
+                    "LATENCY (MS)",
+                    "RESPONSE",
+                ],
+                v["value"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            output::s(&a["time"]),
+                            output::s(&a["eventId"]),
+                            output::s(&a["attempt"]),
+                            output::s(&a["status"]),
+                            output::s(&a["outcome"]),
+                            output::s(&a["latencyMs"]),
+                            output::s(&a["response"]).chars().take(40).collect(),
+                        ]
+                    })
+                    .collect(),
+            );
         }
         SubscriptionCmd::Delete { topic, name, conn } => {
             Client::new(&conn)?

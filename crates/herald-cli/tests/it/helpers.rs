@@ -178,6 +178,7 @@ pub struct TestApp {
     shutdown: CancellationToken,
     serving: Option<JoinHandle<anyhow::Result<()>>>,
     storage: tokio::sync::OnceCell<Arc<dyn Storage>>,
+    tweak: Option<ConfigTweak>,
 }
 
 struct Booted {
@@ -186,14 +187,20 @@ struct Booted {
     serving: JoinHandle<anyhow::Result<()>>,
 }
 
-async fn boot(data_dir: &Path, listener: TcpListener) -> Booted {
-    let config = Config {
+/// Changes made to a test server's [`Config`] before it boots (and reboots).
+pub type ConfigTweak = Arc<dyn Fn(&mut Config) + Send + Sync>;
+
+async fn boot(data_dir: &Path, listener: TcpListener, tweak: Option<&ConfigTweak>) -> Booted {
+    let mut config = Config {
         data_dir: data_dir.to_path_buf(),
         listen: listener.local_addr().expect("bound address"),
         admin_token: Some(TOKEN.into()),
         lifecycle_interval_ms: 200,
         ..Default::default()
     };
+    if let Some(t) = tweak {
+        t(&mut config);
+    }
     let server = Server::build(config, listener)
         .await
         .expect("server builds");
@@ -208,9 +215,19 @@ async fn boot(data_dir: &Path, listener: TcpListener) -> Booted {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn(None).await
+}
+
+/// Like [`spawn_app`], with `tweak` applied to the server's [`Config`] on
+/// every boot (restarts included).
+pub async fn spawn_app_with(tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> TestApp {
+    spawn(Some(Arc::new(tweak))).await
+}
+
+async fn spawn(tweak: Option<ConfigTweak>) -> TestApp {
     let dir = tempfile::tempdir().expect("temp data dir");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a port");
-    let b = boot(dir.path(), listener).await;
+    let b = boot(dir.path(), listener, tweak.as_ref()).await;
     let ca_path = b.info.ca_path.clone().expect("a generated CA");
     TestApp {
         addr: b.info.addr,
@@ -223,6 +240,7 @@ pub async fn spawn_app() -> TestApp {
         shutdown: b.shutdown,
         serving: Some(b.serving),
         storage: tokio::sync::OnceCell::new(),
+        tweak,
     }
 }
 
@@ -259,7 +277,7 @@ impl TestApp {
                 }
             }
         };
-        let b = boot(self.data_dir.path(), listener).await;
+        let b = boot(self.data_dir.path(), listener, self.tweak.as_ref()).await;
         assert_eq!(b.info.tenant_id, self.tenant, "tenant survives a restart");
         self.shutdown = b.shutdown;
         self.serving = Some(b.serving);

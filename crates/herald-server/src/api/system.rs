@@ -25,10 +25,55 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    let mut text = state.metrics.render();
+    // The Events-tab counters are durable and shared by all nodes, so they
+    // are read from storage rather than kept per process.
+    if let Err(e) = render_event_counters(&state, &mut text).await {
+        tracing::error!(error = %e, "reading event counters for /metrics failed");
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+async fn render_event_counters(state: &AppState, out: &mut String) -> anyhow::Result<()> {
+    use std::fmt::Write;
+    let topics = state.router.list_topics().await?;
+    out.push_str("# HELP herald_topic_events_total Events accepted per topic.\n# TYPE herald_topic_events_total counter\n");
+    for t in &topics {
+        let c = state.router.counters(&t.id).await?;
+        let _ = writeln!(
+            out,
+            "herald_topic_events_total{{topic=\"{}\",kind=\"{}\"}} {}",
+            label(&t.name),
+            t.kind,
+            c.get("published").copied().unwrap_or(0)
+        );
+    }
+    out.push_str("# HELP herald_subscription_events_total Events per event subscription and outcome.\n# TYPE herald_subscription_events_total counter\n");
+    for t in &topics {
+        for s in state.router.list_subscriptions(&t.name).await? {
+            let c = state.router.counters(&s.record.id).await?;
+            for kind in [
+                "matched",
+                "unmatched",
+                "delivered",
+                "failed",
+                "deadLettered",
+            ] {
+                let _ = writeln!(
+                    out,
+                    "herald_subscription_events_total{{topic=\"{}\",subscription=\"{}\",outcome=\"{kind}\"}} {}",
+                    label(&t.name),
+                    label(&s.record.name),
+                    c.get(kind).copied().unwrap_or(0)
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn ca_pem(State(state): State<AppState>) -> impl IntoResponse {
