@@ -285,13 +285,13 @@ impl Delivery {
         out
     }
 
-    fn headers(
+    async fn headers(
         &self,
         sub: &Subscription,
         hook: &WebHookProperties,
         batch: &Batch,
         attempt: i64,
-    ) -> Vec<(String, String)> {
+    ) -> anyhow::Result<Vec<(String, String)>> {
         let schema = sub.properties.event_delivery_schema;
         let mut h = Vec::with_capacity(12);
         let ce = schema == DeliverySchema::CloudEventSchemaV1_0;
@@ -336,7 +336,21 @@ impl Delivery {
             let Some(name) = mapping["name"].as_str() else {
                 continue;
             };
+            let props = &mapping["properties"];
             let value = match mapping["type"].as_str() {
+                Some("Static") if props["isSecret"].as_bool() == Some(true) => {
+                    // A vault reference, resolved now and never stored.
+                    let reference = props["value"].as_str().unwrap_or_default();
+                    let (vault, name) = herald_router::subscription::parse_secret_reference(
+                        reference,
+                    )
+                    .ok_or_else(|| anyhow::anyhow!("header {name} has no valid vault reference"))?;
+                    let resolver = self
+                        .resolver
+                        .as_ref()
+                        .ok_or_else(|| anyhow::anyhow!("no secret resolver configured"))?;
+                    Some(resolver.resolve(&vault, &name).await?)
+                }
                 Some("Static") => mapping["properties"]["value"].as_str().map(str::to_owned),
                 Some("Dynamic") => mapping["properties"]["sourceField"]
                     .as_str()
@@ -353,7 +367,26 @@ impl Delivery {
                 h.push((name.to_owned(), v));
             }
         }
-        h
+        let secrets = self.router.signing_secrets(&sub.record.id).await?;
+        if !secrets.is_empty() {
+            let parsed: Vec<crate::signing::SigningSecret> = secrets
+                .iter()
+                .filter_map(|s| crate::signing::SigningSecret::parse(s).ok())
+                .collect();
+            // Stable across retries of the same events, as the id must be.
+            let msg_id = match (batch.event_ids.first(), batch.event_ids.len()) {
+                (Some(id), 1) => id.clone(),
+                (Some(id), n) => format!("{id}+{}", n - 1),
+                (None, _) => uuid::Uuid::new_v4().to_string(),
+            };
+            h.extend(crate::signing::signature_headers(
+                &parsed,
+                &msg_id,
+                Utc::now().timestamp(),
+                &batch.body,
+            ));
+        }
+        Ok(h)
     }
 
     async fn deliver(
@@ -369,16 +402,26 @@ impl Delivery {
             .map(|m| m.delivery_count)
             .max()
             .unwrap_or(1);
-        let headers = self.headers(sub, hook, &batch, attempt);
-        let outcome = self
-            .client
-            .send(
-                Method::POST,
-                &hook.endpoint_url,
-                &headers,
-                batch.body.clone(),
-            )
-            .await;
+        let outcome = match self.headers(sub, hook, &batch, attempt).await {
+            Ok(headers) => {
+                self.client
+                    .send(
+                        Method::POST,
+                        &hook.endpoint_url,
+                        &headers,
+                        batch.body.clone(),
+                    )
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, subscription = %sub.record.name, "cannot build delivery headers; will retry");
+                Outcome::Failed {
+                    kind: crate::http::FailureKind::Other,
+                    message: format!("delivery headers: {e}"),
+                    latency: Duration::ZERO,
+                }
+            }
+        };
         let now_ms = Utc::now().timestamp_millis();
         let (status, outcome_name, latency, snippet, retry_after) = match &outcome {
             Outcome::Response(r) => (

@@ -60,6 +60,16 @@ pub struct Delivery {
     pub(crate) settings: Arc<DeliverySettings>,
     pub(crate) health: Arc<Mutex<HashMap<String, Health>>>,
     pub(crate) dead_letters: Option<Arc<deadletter::DeadLetterStore>>,
+    pub(crate) resolver: Option<Arc<dyn SecretResolver>>,
+}
+
+/// Resolves vault references in secret delivery headers at send time.
+pub trait SecretResolver: Send + Sync {
+    fn resolve<'a>(
+        &'a self,
+        vault: &'a str,
+        name: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<String>> + Send + 'a>>;
 }
 
 impl Delivery {
@@ -80,7 +90,13 @@ impl Delivery {
             settings: Arc::new(settings),
             health: Arc::default(),
             dead_letters,
+            resolver: None,
         })
+    }
+
+    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
+        self.resolver = Some(resolver);
+        self
     }
 
     pub(crate) fn scaled(&self, d: Duration) -> Duration {

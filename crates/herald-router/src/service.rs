@@ -100,6 +100,9 @@ pub enum Settle {
     RenewLock,
 }
 
+/// How long a replaced signing secret keeps signing, so receivers can switch.
+pub const SIGNING_OVERLAP_SECS: i64 = 24 * 3600;
+
 /// Lock renewals are accepted for up to an hour after the event was locked.
 const MAX_LOCK_HOLD_MS: i64 = 3_600_000;
 /// Topic name → opened topic and when it was loaded.
@@ -467,6 +470,7 @@ impl RouterService {
             )));
         }
         let topic = self.topic(topic_name).await?;
+        let signing_secret = input.signing_secret.clone();
         let properties = input
             .normalise(&topic.input)
             .map_err(RouterError::BadRequest)?;
@@ -506,6 +510,10 @@ impl RouterService {
             updated: now,
         };
         let created = self.storage.put_subscription(&record).await?;
+        if let Some(secret) = signing_secret {
+            self.store_signing_secret(&record.id, &secret, SIGNING_OVERLAP_SECS)
+                .await?;
+        }
         tracing::info!(topic = %topic_name, subscription = %name, created,
             mode = if properties.is_queue() { "queue" } else { "webhook" }, "event subscription saved");
         Ok((Subscription { record, properties }, created))
@@ -697,6 +705,61 @@ impl RouterService {
             .dead_letters(&sub.record.id, after_id, limit)
             .await?;
         Ok((topic, sub, rows))
+    }
+
+    async fn store_signing_secret(
+        &self,
+        sub_id: &str,
+        secret: &str,
+        overlap_secs: i64,
+    ) -> RouterResult<()> {
+        let now = Utc::now().timestamp();
+        let sealed = self
+            .master
+            .seal_direct(secret.as_bytes(), format!("signing/{sub_id}").as_bytes());
+        self.storage
+            .add_signing_secret(sub_id, &sealed, now, now + overlap_secs.max(0))
+            .await?;
+        Ok(())
+    }
+
+    /// A new Standard Webhooks secret, returned once; the previous ones keep
+    /// signing for `overlap_secs` so receivers can switch without gaps.
+    pub async fn rotate_signing_secret(
+        &self,
+        sub: &Subscription,
+        overlap_secs: i64,
+    ) -> RouterResult<String> {
+        if sub.properties.is_queue() {
+            return Err(RouterError::BadRequest(
+                "Signing secrets apply to webhook subscriptions only.".into(),
+            ));
+        }
+        let mut bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let secret = format!("whsec_{}", STANDARD.encode(bytes));
+        self.store_signing_secret(&sub.record.id, &secret, overlap_secs)
+            .await?;
+        tracing::info!(subscription = %sub.record.name, overlap_secs, "signing secret rotated");
+        Ok(secret)
+    }
+
+    /// The active signing secrets of a subscription, newest first.
+    pub async fn signing_secrets(&self, sub_id: &str) -> RouterResult<Vec<String>> {
+        let aad = format!("signing/{sub_id}");
+        let mut out = Vec::new();
+        for (_, sealed) in self
+            .storage
+            .signing_secrets(sub_id, Utc::now().timestamp())
+            .await?
+        {
+            let plain = self
+                .master
+                .open_direct(&sealed, aad.as_bytes())
+                .map_err(|e| anyhow::anyhow!("signing secret does not open: {e}"))?;
+            out.push(String::from_utf8_lossy(&plain).into_owned());
+        }
+        Ok(out)
     }
 
     pub async fn replay_dead_letters(

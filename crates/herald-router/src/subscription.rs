@@ -120,6 +120,9 @@ pub struct SubscriptionInput {
     pub dead_letter_destination: Option<Value>,
     pub expiration_time_utc: Option<String>,
     pub labels: Option<Vec<String>>,
+    /// Herald extension: a Standard Webhooks secret (`whsec_...`). Stored
+    /// sealed, apart from the properties, and never echoed.
+    pub signing_secret: Option<String>,
 }
 
 /// The stored, normalised properties.
@@ -159,6 +162,71 @@ impl SubscriptionProperties {
             .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&chrono::Utc))
+    }
+}
+
+/// A vault reference in a secret delivery header: Azure App Service's
+/// `@Microsoft.KeyVault(VaultName=v;SecretName=s)` or `vault://v/s`.
+pub fn parse_secret_reference(value: &str) -> Option<(String, String)> {
+    if let Some(rest) = value.strip_prefix("vault://") {
+        let (vault, name) = rest.split_once('/')?;
+        return (!vault.is_empty() && !name.is_empty() && !name.contains('/'))
+            .then(|| (vault.to_owned(), name.to_owned()));
+    }
+    let inner = value
+        .strip_prefix("@Microsoft.KeyVault(")?
+        .strip_suffix(')')?;
+    let mut vault = None;
+    let mut name = None;
+    for part in inner.split(';') {
+        match part.split_once('=') {
+            Some((k, v)) if k.trim().eq_ignore_ascii_case("VaultName") => {
+                vault = Some(v.trim().to_owned())
+            }
+            Some((k, v)) if k.trim().eq_ignore_ascii_case("SecretName") => {
+                name = Some(v.trim().to_owned())
+            }
+            _ => {}
+        }
+    }
+    Some((vault?, name?))
+}
+
+fn check_attribute_mapping(m: &Value) -> Result<(), String> {
+    let name = m["name"].as_str().unwrap_or_default();
+    if name.is_empty()
+        || name.len() > 256
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(
+            "Each deliveryAttributeMapping needs a header 'name' of letters, digits, '-' or '_'."
+                .into(),
+        );
+    }
+    let props = &m["properties"];
+    match m["type"].as_str() {
+        Some("Static") => {
+            let value = props["value"]
+                .as_str()
+                .ok_or("A Static deliveryAttributeMapping needs properties.value.")?;
+            if value.len() > 4096 {
+                return Err("Delivery attribute values are limited to 4096 bytes.".into());
+            }
+            if props["isSecret"].as_bool() == Some(true) && parse_secret_reference(value).is_none()
+            {
+                return Err(format!(
+                    "Secret header '{name}' must reference a vault secret, e.g. @Microsoft.KeyVault(VaultName=default;SecretName=api-key) or vault://default/api-key; Herald never stores secret values in subscriptions."
+                ));
+            }
+            Ok(())
+        }
+        Some("Dynamic") => match props["sourceField"].as_str() {
+            Some(f) if !f.is_empty() => Ok(()),
+            _ => Err("A Dynamic deliveryAttributeMapping needs properties.sourceField.".into()),
+        },
+        _ => Err("deliveryAttributeMapping type must be 'Static' or 'Dynamic'.".into()),
     }
 }
 
@@ -208,6 +276,19 @@ pub fn parse_iso_duration(raw: &str) -> Option<i64> {
 impl SubscriptionInput {
     /// Validates against Azure's rules and the topic's input schema.
     pub fn normalise(self, input: &InputSchemaKind) -> Result<SubscriptionProperties, String> {
+        if let Some(secret) = &self.signing_secret {
+            let ok = secret.strip_prefix("whsec_").is_some_and(|b| {
+                !b.is_empty()
+                    && b.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c))
+            });
+            if !ok {
+                return Err("signingSecret must be a Standard Webhooks secret: 'whsec_' followed by base64.".into());
+            }
+            if self.delivery_configuration.is_some() {
+                return Err("signingSecret applies to webhook destinations only.".into());
+            }
+        }
         let mut filter = self.filter.unwrap_or_default();
         if let Some(fc) = self.filters_configuration {
             if filter.included_event_types.is_none() {
@@ -243,6 +324,9 @@ impl SubscriptionInput {
                 }
                 if w.delivery_attribute_mappings.len() > 10 {
                     return Err("At most 10 deliveryAttributeMappings are allowed.".into());
+                }
+                for m in &w.delivery_attribute_mappings {
+                    check_attribute_mapping(m)?;
                 }
             }
             (None, Some(d)) => {

@@ -131,6 +131,7 @@ impl Server {
             },
         )?;
         let vault = VaultService::new(storage.clone(), master, scope, urls.clone());
+        let delivery = delivery.with_secret_resolver(Arc::new(VaultResolver(vault.clone())));
         vault
             .ensure_default_vault(VaultSettings {
                 near_expiry_secs: config.near_expiry_window_secs,
@@ -232,6 +233,33 @@ impl Server {
         let _ = dispatcher.await;
         tracing::info!("herald stopped");
         Ok(())
+    }
+}
+
+/// Resolves secret delivery headers from the vault at send time.
+struct VaultResolver(VaultService);
+
+impl herald_delivery::SecretResolver for VaultResolver {
+    fn resolve<'a>(
+        &'a self,
+        vault: &'a str,
+        name: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let v = self
+                .0
+                .vault(vault)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let name = herald_core::SecretName::parse(name)?;
+            let (_, _, value) = self
+                .0
+                .get_secret(&v, &name, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(value)
+        })
     }
 }
 

@@ -211,6 +211,17 @@ pub trait RouterStore: Send + Sync {
     async fn take_validation(&self, token_hash: &str) -> Result<Option<PendingValidation>>;
     /// Pending validations whose window closed (to mark them Failed).
     async fn expired_validations(&self, now: i64) -> Result<Vec<PendingValidation>>;
+    /// Adds a signing secret; secrets already active retire at `retire_others_at`.
+    async fn add_signing_secret(
+        &self,
+        subscription_id: &str,
+        sealed: &[u8],
+        now: i64,
+        retire_others_at: i64,
+    ) -> Result<i64>;
+    /// Signing secrets still active at `now` (id, sealed), newest first.
+    async fn signing_secrets(&self, subscription_id: &str, now: i64)
+    -> Result<Vec<(i64, Vec<u8>)>>;
     /// Puts dead-lettered events back on the subscription's queue.
     async fn replay_dead_letters(
         &self,

@@ -973,6 +973,63 @@ impl RouterStore for SqliteStorage {
             .await
     }
 
+    async fn add_signing_secret(
+        &self,
+        subscription_id: &str,
+        sealed: &[u8],
+        now: i64,
+        retire_others_at: i64,
+    ) -> Result<i64> {
+        let (sub, sealed) = (subscription_id.to_owned(), sealed.to_vec());
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "UPDATE signing_secrets SET retire_at = ? \
+                         WHERE subscription_id = ? AND (retire_at IS NULL OR retire_at > ?)",
+                    )
+                    .bind(retire_others_at)
+                    .bind(&sub)
+                    .bind(retire_others_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM signing_secrets WHERE subscription_id = ? AND retire_at <= ?")
+                        .bind(&sub)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO signing_secrets (subscription_id, sealed, created) VALUES (?, ?, ?) RETURNING id",
+                    )
+                    .bind(&sub)
+                    .bind(&sealed)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    Ok(id)
+                })
+            })
+            .await
+    }
+
+    async fn signing_secrets(
+        &self,
+        subscription_id: &str,
+        now: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        let rows = sqlx::query(
+            "SELECT id, sealed FROM signing_secrets WHERE subscription_id = ? \
+             AND (retire_at IS NULL OR retire_at > ?) ORDER BY id DESC",
+        )
+        .bind(subscription_id)
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("sealed")?)))
+            .collect()
+    }
+
     async fn replay_dead_letters(
         &self,
         subscription_id: &str,

@@ -39,6 +39,10 @@ pub fn router() -> Router<AppState> {
             post(replay_dead_letters),
         )
         .route("/{topic}/eventSubscriptions/{name}/attempts", get(attempts))
+        .route(
+            "/{topic}/eventSubscriptions/{name}/rotateSigningSecret",
+            post(rotate_signing_secret),
+        )
 }
 
 /// The authority the client used (HTTP/2 sends it in the URI, HTTP/1.1 in Host).
@@ -231,6 +235,9 @@ async fn show_subscription(
     v["metrics"] = json!(st.router.subscription_metrics(&s).await?);
     if let Some(h) = st.delivery.health(&s.record.id) {
         v["deliveryHealth"] = json!(h);
+    }
+    if !s.properties.is_queue() {
+        v["activeSigningSecrets"] = json!(st.router.signing_secrets(&s.record.id).await?.len());
     }
     Ok(Json(v))
 }
@@ -449,4 +456,39 @@ async fn attempts(
         .filter(|_| rows.len() as i64 == limit)
         .map(|(id, _)| *id);
     Ok(Json(json!({ "value": items, "nextAfter": next })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RotateQuery {
+    overlap_minutes: Option<i64>,
+}
+
+/// Issues a new Standard Webhooks secret (shown once); the old ones keep
+/// signing for the overlap, so receivers can switch without gaps.
+async fn rotate_signing_secret(
+    State(st): State<AppState>,
+    Path((topic, name)): Path<(String, String)>,
+    q: Result<Query<RotateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Use ?overlapMinutes=<0-10080>.",
+        )
+    })?;
+    let overlap = q.overlap_minutes.unwrap_or(24 * 60);
+    if !(0..=10_080).contains(&overlap) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "overlapMinutes must be between 0 and 10080 (7 days).",
+        ));
+    }
+    let (_, sub) = st.router.subscription(&topic, &name).await?;
+    let secret = st.router.rotate_signing_secret(&sub, overlap * 60).await?;
+    Ok(Json(
+        json!({ "signingSecret": secret, "previousSecretsValidForMinutes": overlap }),
+    ))
 }
