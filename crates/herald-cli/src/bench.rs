@@ -1,9 +1,12 @@
 //! `herald bench`: load figures printed by a real client over real HTTPS.
 //!
-//! Starts Herald in-process on a temp data dir (or targets `--addr`), opens
+//! Starts Herald in-process on a temp data dir, opens
 //! keep-alive HTTP/1.1 connections over TLS and drives one operation for a
 //! fixed time per run. Prints each run and the median, so figures in notes
 //! come from a command anyone can re-run.
+
+#[path = "bench_push.rs"]
+mod push;
 
 use anyhow::{Context, anyhow};
 use bytes::Bytes;
@@ -29,6 +32,12 @@ pub enum Scenario {
     Publish,
     /// Pull receive (maxEvents 100) + acknowledge on one subscription
     PullReceiveAck,
+    /// Single-event publishes from all connections, each pushed alone to a local webhook (end to end)
+    Push,
+    /// Push delivery of a queued backlog with maxEventsPerBatch 100
+    PushBatch,
+    /// Publish-to-delivery latency at a steady 500 events/s, and memory
+    PushLatency,
 }
 
 #[derive(Args)]
@@ -55,19 +64,26 @@ pub struct BenchArgs {
 
 const TOKEN: &str = "hrd_bench_token_0123456789abcdef";
 
-struct Target {
+pub(crate) struct Target {
     addr: SocketAddr,
     host: String,
     tls: TlsConnector,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Warnings and errors only (RUST_LOG overrides), so figures stay readable.
+    if std::env::var_os("RUST_LOG").is_none() {
+        crate::serve::init_logging_with("warn");
+    } else {
+        crate::serve::init_logging("text");
+    }
     let dir = tempfile::tempdir()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let config = herald_server::Config {
         data_dir: dir.path().to_path_buf(),
         listen: listener.local_addr()?,
         admin_token: Some(TOKEN.into()),
+        delivery_allowed_cidrs: vec!["127.0.0.0/8".into()],
         ..Default::default()
     };
     let server = herald_server::Server::build(config, listener).await?;
@@ -116,6 +132,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             continue;
         }
+        if matches!(
+            scenario,
+            Scenario::Push | Scenario::PushBatch | Scenario::PushLatency
+        ) {
+            push::run(&target, &args, *scenario).await?;
+            continue;
+        }
         if *scenario == Scenario::PullReceiveAck {
             setup_topic(&target, "bench-pull", 1).await?;
             let mut rates = Vec::new();
@@ -144,7 +167,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 })
                 .await?
             }
-            Scenario::Publish | Scenario::PullReceiveAck => continue,
+            Scenario::Publish
+            | Scenario::PullReceiveAck
+            | Scenario::Push
+            | Scenario::PushBatch
+            | Scenario::PushLatency => continue,
             Scenario::SecretSet => {
                 measure(&target, &args, "secret-set", |i| {
                     (
@@ -218,7 +245,7 @@ fn event_batch(n: usize) -> Bytes {
 }
 
 /// Publishes `total` events in batches of 100 from 8 connections.
-async fn fill(t: &Arc<Target>, topic: &str, total: u64) -> anyhow::Result<()> {
+pub(crate) async fn fill(t: &Arc<Target>, topic: &str, total: u64) -> anyhow::Result<()> {
     let body = event_batch(100);
     let batches = total.div_ceil(100);
     let next = Arc::new(AtomicU64::new(0));
@@ -336,7 +363,7 @@ async fn drain(
     Ok(acked.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-pub fn report(name: &str, rates: &[f64], unit: &str) {
+pub(crate) fn report(name: &str, rates: &[f64], unit: &str) {
     let mut sorted = rates.to_vec();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or_default();
@@ -347,7 +374,7 @@ pub fn report(name: &str, rates: &[f64], unit: &str) {
     );
 }
 
-async fn connect(
+pub(crate) async fn connect(
     t: &Target,
 ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
     let tcp = tokio::net::TcpStream::connect(t.addr).await?;
@@ -361,7 +388,7 @@ async fn connect(
     Ok(sender)
 }
 
-fn request(
+pub(crate) fn request(
     t: &Target,
     method: Method,
     path: &str,

@@ -88,6 +88,15 @@ pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,rustls=warn")
     });
+    install(format, filter);
+}
+
+/// Logging at a fixed level, for commands whose output is the point.
+pub fn init_logging_with(level: &str) {
+    install("text", tracing_subscriber::EnvFilter::new(level));
+}
+
+fn install(format: &str, filter: tracing_subscriber::EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -11,7 +11,7 @@ use chrono::{TimeZone, Utc};
 use herald_router::schema::{self, DeliverySchema};
 use herald_router::subscription::{Destination, WebHookProperties};
 use herald_router::{RouterService, Subscription, TopicInfo};
-use herald_storage::{AttemptRecord, ClaimOptions, ClaimedMessage, SettleAction};
+use herald_storage::{AttemptRecord, ClaimOptions, ClaimedMessage, FreshOutcome, SettleAction};
 use http::Method;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -44,6 +44,16 @@ struct Batch {
     data_version: Option<String>,
 }
 
+/// What became of one sent batch, for the worker to record.
+struct Sent {
+    messages: Vec<ClaimedMessage>,
+    verdict: Verdict,
+    outcome: &'static str,
+    status: Option<u16>,
+    attempts: Vec<AttemptRecord>,
+    at_ms: i64,
+}
+
 enum Verdict {
     Delivered,
     Retry { delay: Duration },
@@ -62,6 +72,7 @@ impl Delivery {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
+                _ = self.changed.notified() => {}
             }
             let subs = match self.storage.all_subscriptions().await {
                 Ok(s) => s,
@@ -162,8 +173,9 @@ impl Delivery {
             let window = if probing {
                 1
             } else {
-                (hook.max_events_per_batch as i64 * 8).clamp(64, 5000)
+                (hook.max_events_per_batch as i64 * 16).clamp(64, 5000)
             };
+            // Retries that are due first: they already have rows and locks.
             let opts = ClaimOptions {
                 max: window,
                 now_ms: Utc::now().timestamp_millis(),
@@ -171,9 +183,9 @@ impl Delivery {
                 // Attempts are capped when settling; this is a backstop.
                 max_delivery_count: sub.properties.retry_policy.max_delivery_attempts + 1,
                 ttl_ms: sub.properties.retry_policy.event_time_to_live_in_minutes * 60_000,
-                scan_limit: 5000,
+                scan_limit: 0,
             };
-            let claimed = match self
+            let retries = match self
                 .storage
                 .claim(&sub.record.id, &topic.record.id, opts, matcher.clone())
                 .await
@@ -185,7 +197,54 @@ impl Delivery {
                     continue;
                 }
             };
-            if claimed.is_empty() {
+            let mut worked = !retries.is_empty();
+            if !retries.is_empty() {
+                let sent = self.send_all(&topic, &sub, &hook, &gate, retries).await;
+                self.settle_sent(&sub, sent).await;
+            }
+            // Then new events past the cursor, delivered before any row is
+            // written: the cursor moves only when their fate is committed,
+            // so a crash in between redelivers them (at least once).
+            if !probing {
+                match self
+                    .storage
+                    .peek_fresh(
+                        &sub.record.id,
+                        &topic.record.id,
+                        window,
+                        20_000,
+                        matcher.clone(),
+                    )
+                    .await
+                {
+                    Ok(Some(w)) if w.next_cursor != w.cursor => {
+                        worked = true;
+                        let claimed: Vec<ClaimedMessage> = w
+                            .rows
+                            .iter()
+                            .cloned()
+                            .map(|row| ClaimedMessage {
+                                row,
+                                lock_token: String::new(),
+                                delivery_count: 1,
+                            })
+                            .collect();
+                        let sent = if claimed.is_empty() {
+                            Vec::new()
+                        } else {
+                            self.send_all(&topic, &sub, &hook, &gate, claimed).await
+                        };
+                        self.commit_fresh(&sub, &w, sent).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, subscription = %sub.record.name, "reading new events failed; will retry");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            if !worked {
                 let next_due = self.storage.next_due(&sub.record.id).await.ok().flatten();
                 let until_due = next_due
                     .map(|d| {
@@ -195,26 +254,143 @@ impl Delivery {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = &mut notified => {}
-                    _ = tokio::time::sleep(until_due.min(Duration::from_millis(500))) => {}
+                    _ = tokio::time::sleep(until_due.min(Duration::from_millis(50))) => {}
                 }
-                continue;
             }
-            let batches = self.form_batches(&topic, &sub, &hook, claimed);
-            let mut tasks = Vec::with_capacity(batches.len());
-            for batch in batches {
-                let Ok(permit) = gate.clone().acquire_owned().await else {
-                    return;
-                };
-                let this = self.clone();
-                let (topic, sub, hook) = (topic.clone(), sub.clone(), hook.clone());
-                tasks.push(tokio::spawn(async move {
-                    let _permit = permit;
-                    this.deliver(&topic, &sub, &hook, batch).await;
-                }));
+        }
+    }
+
+    /// Sends claimed events in batches, at most `max_in_flight` at once.
+    async fn send_all(
+        &self,
+        topic: &Arc<TopicInfo>,
+        sub: &Subscription,
+        hook: &WebHookProperties,
+        gate: &Arc<Semaphore>,
+        claimed: Vec<ClaimedMessage>,
+    ) -> Vec<Sent> {
+        let batches = self.form_batches(topic, sub, hook, claimed);
+        let mut tasks = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let Ok(permit) = gate.clone().acquire_owned().await else {
+                break;
+            };
+            let this = self.clone();
+            let (topic, sub, hook) = (topic.clone(), sub.clone(), hook.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                this.deliver(&topic, &sub, &hook, batch).await
+            }));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            if let Ok(sent) = t.await {
+                out.push(sent);
             }
-            for t in tasks {
-                let _ = t.await;
+        }
+        out
+    }
+
+    /// Records the fate of retried (locked) events: one settle per kind.
+    async fn settle_sent(&self, sub: &Subscription, sent: Vec<Sent>) {
+        let mut attempts = Vec::new();
+        let mut acks = Vec::new();
+        let now_ms = Utc::now().timestamp_millis();
+        for s in sent {
+            attempts.extend(s.attempts);
+            let tokens: Vec<String> = s.messages.iter().map(|m| m.lock_token.clone()).collect();
+            let action = match s.verdict {
+                Verdict::Delivered => {
+                    acks.extend(tokens);
+                    continue;
+                }
+                Verdict::Retry { delay } => SettleAction::Retry {
+                    delay_ms: delay.as_millis() as i64,
+                    outcome: s.outcome,
+                    status: s.status,
+                },
+                Verdict::DeadLetter { reason } => SettleAction::DeadLetter {
+                    reason,
+                    outcome: s.outcome,
+                    status: s.status,
+                },
+            };
+            if let Err(e) = self
+                .storage
+                .settle(&sub.record.id, tokens, action, s.at_ms)
+                .await
+            {
+                // The locks expire and the events are retried: at least once.
+                tracing::error!(error = %e, subscription = %sub.record.name, "settling a delivery failed");
             }
+        }
+        if !acks.is_empty()
+            && let Err(e) = self
+                .storage
+                .settle(&sub.record.id, acks, SettleAction::Acknowledge, now_ms)
+                .await
+        {
+            tracing::error!(error = %e, subscription = %sub.record.name, "acknowledging deliveries failed");
+        }
+        if let Err(e) = self.storage.record_attempts(attempts).await {
+            tracing::warn!(error = %e, "recording delivery attempts failed");
+        }
+    }
+
+    /// Moves the cursor past a window of new events and records the ones
+    /// that failed, all in one transaction.
+    async fn commit_fresh(
+        &self,
+        sub: &Subscription,
+        w: &herald_storage::FreshWindow,
+        sent: Vec<Sent>,
+    ) {
+        let mut attempts = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut delivered = 0;
+        for s in sent {
+            attempts.extend(s.attempts);
+            match s.verdict {
+                Verdict::Delivered => delivered += s.messages.len() as i64,
+                Verdict::Retry { delay } => {
+                    for m in &s.messages {
+                        outcomes.push(FreshOutcome::Retry {
+                            seq: m.row.seq,
+                            retry_at_ms: s.at_ms + delay.as_millis() as i64,
+                            outcome: s.outcome,
+                            status: s.status,
+                        });
+                    }
+                }
+                Verdict::DeadLetter { reason } => {
+                    for m in s.messages {
+                        outcomes.push(FreshOutcome::DeadLetter {
+                            row: m.row,
+                            reason,
+                            outcome: s.outcome,
+                            status: s.status,
+                        });
+                    }
+                }
+            }
+        }
+        let committed = self
+            .storage
+            .commit_fresh(
+                &sub.record.id,
+                (w.cursor, w.next_cursor, w.matched, w.unmatched),
+                delivered,
+                outcomes,
+                attempts,
+                Utc::now().timestamp_millis(),
+            )
+            .await;
+        match committed {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(subscription = %sub.record.name,
+                "the subscription's cursor moved during delivery; events may be delivered twice"),
+            Err(e) => tracing::error!(error = %e, subscription = %sub.record.name,
+                "committing a delivery window failed; its events will be delivered again"),
         }
     }
 
@@ -389,13 +565,14 @@ impl Delivery {
         Ok(h)
     }
 
+    /// Sends one batch and decides its fate; the caller records it.
     async fn deliver(
         &self,
         topic: &TopicInfo,
         sub: &Subscription,
         hook: &WebHookProperties,
         batch: Batch,
-    ) {
+    ) -> Sent {
         let attempt = batch
             .messages
             .iter()
@@ -477,15 +654,27 @@ impl Delivery {
                 }
             }
             _ => {
-                let mut wait = retry::schedule(attempt).max(retry::status_minimum(status));
+                let wait = retry::schedule(attempt).max(retry::status_minimum(status));
+                let mut delay = self.scaled(retry::jitter(wait));
+                // The receiver's own Retry-After is a floor the demo scale
+                // must not shrink; it is capped by what is left of the TTL.
                 if matches!(status, Some(429) | Some(503))
                     && let Some(ra) = retry_after
                 {
-                    wait = wait.max(ra);
+                    let ttl_left_ms = batch
+                        .messages
+                        .iter()
+                        .map(|m| {
+                            m.row.published_at * 1000
+                                + sub.properties.retry_policy.event_time_to_live_in_minutes * 60_000
+                                - now_ms
+                        })
+                        .min()
+                        .unwrap_or(0)
+                        .max(0);
+                    delay = delay.max(ra.min(Duration::from_millis(ttl_left_ms as u64)));
                 }
-                Verdict::Retry {
-                    delay: self.scaled(retry::jitter(wait)),
-                }
+                Verdict::Retry { delay }
             }
         };
         self.note_health(sub, &verdict, outcome_name);
@@ -501,32 +690,6 @@ impl Delivery {
                 now_ms,
             )
             .await;
-        }
-        let tokens: Vec<String> = batch
-            .messages
-            .iter()
-            .map(|m| m.lock_token.clone())
-            .collect();
-        let action = match verdict {
-            Verdict::Delivered => SettleAction::Acknowledge,
-            Verdict::Retry { delay } => SettleAction::Retry {
-                delay_ms: delay.as_millis() as i64,
-                outcome: outcome_name,
-                status,
-            },
-            Verdict::DeadLetter { reason } => SettleAction::DeadLetter {
-                reason,
-                outcome: outcome_name,
-                status,
-            },
-        };
-        if let Err(e) = self
-            .storage
-            .settle(&sub.record.id, tokens, action, now_ms)
-            .await
-        {
-            // The locks expire and the events are retried: at least once.
-            tracing::error!(error = %e, subscription = %sub.record.name, "settling a delivery failed");
         }
         let attempts = batch
             .messages
@@ -544,11 +707,16 @@ impl Delivery {
                 response: snippet.clone(),
             })
             .collect();
-        if let Err(e) = self.storage.record_attempts(attempts).await {
-            tracing::warn!(error = %e, "recording delivery attempts failed");
-        }
         metrics::counter!("herald_deliveries_total", "subscription" => sub.record.name.clone(), "outcome" => outcome_name)
             .increment(batch.messages.len() as u64);
+        Sent {
+            messages: batch.messages,
+            verdict,
+            outcome: outcome_name,
+            status,
+            attempts,
+            at_ms: now_ms,
+        }
     }
 
     fn note_health(&self, sub: &Subscription, verdict: &Verdict, outcome: &str) {

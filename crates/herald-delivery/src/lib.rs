@@ -61,6 +61,9 @@ pub struct Delivery {
     pub(crate) health: Arc<Mutex<HashMap<String, Health>>>,
     pub(crate) dead_letters: Option<Arc<deadletter::DeadLetterStore>>,
     pub(crate) resolver: Option<Arc<dyn SecretResolver>>,
+    /// Wakes the supervisor when a subscription changes on this node, so
+    /// delivery starts at once rather than at the next poll.
+    pub(crate) changed: Arc<tokio::sync::Notify>,
 }
 
 /// Resolves vault references in secret delivery headers at send time.
@@ -91,6 +94,7 @@ impl Delivery {
             health: Arc::default(),
             dead_letters,
             resolver: None,
+            changed: Arc::default(),
         })
     }
 

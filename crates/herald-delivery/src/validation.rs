@@ -35,6 +35,12 @@ impl Delivery {
     /// Runs the handshake for a webhook subscription and records the result:
     /// `Succeeded`, `AwaitingManualAction` or `Failed` with a reason.
     pub async fn validate(&self, topic: &TopicInfo, sub: &mut Subscription) -> RouterResult<()> {
+        let result = self.validate_inner(topic, sub).await;
+        self.changed.notify_one();
+        result
+    }
+
+    async fn validate_inner(&self, topic: &TopicInfo, sub: &mut Subscription) -> RouterResult<()> {
         let Some(Destination::WebHook(hook)) = sub.properties.destination.clone() else {
             return Ok(());
         };

@@ -30,6 +30,8 @@ pub struct NewLogEvent {
 #[derive(Debug, Clone)]
 pub struct LogRow {
     pub seq: i64,
+    /// The event's own id (as published).
+    pub event_id: String,
     pub event_type: String,
     pub subject: String,
     pub body: String,
@@ -83,6 +85,37 @@ pub enum SettleAction {
     },
     /// A push that must not be retried, or that used up its attempts.
     DeadLetter {
+        reason: &'static str,
+        outcome: &'static str,
+        status: Option<u16>,
+    },
+}
+
+/// New log rows a push worker may deliver, read without locking: the
+/// cursor only moves when the worker commits what became of them.
+#[derive(Debug, Clone)]
+pub struct FreshWindow {
+    /// The cursor the rows were read from; the commit requires it unchanged.
+    pub cursor: i64,
+    /// Where the cursor goes once the window is committed.
+    pub next_cursor: i64,
+    pub rows: Vec<LogRow>,
+    pub matched: i64,
+    pub unmatched: i64,
+}
+
+/// What became of one fresh event that was not delivered.
+#[derive(Debug, Clone)]
+pub enum FreshOutcome {
+    /// Keep it for another attempt at `retry_at_ms`.
+    Retry {
+        seq: i64,
+        retry_at_ms: i64,
+        outcome: &'static str,
+        status: Option<u16>,
+    },
+    DeadLetter {
+        row: LogRow,
         reason: &'static str,
         outcome: &'static str,
         status: Option<u16>,
@@ -187,6 +220,26 @@ pub trait RouterStore: Send + Sync {
     /// Durable counters of one scope (a topic or subscription id).
     async fn counters(&self, scope: &str) -> Result<Vec<(String, i64)>>;
 
+    /// Reads up to `max` matching rows past a subscription's cursor.
+    async fn peek_fresh(
+        &self,
+        subscription_id: &str,
+        topic_id: &str,
+        max: i64,
+        scan_limit: i64,
+        matcher: Matcher,
+    ) -> Result<Option<FreshWindow>>;
+    /// Moves the cursor past a delivered window and records what failed, in
+    /// one transaction. `false` (nothing written) if the cursor moved meanwhile.
+    async fn commit_fresh(
+        &self,
+        subscription_id: &str,
+        window: (i64, i64, i64, i64),
+        delivered: i64,
+        outcomes: Vec<FreshOutcome>,
+        attempts: Vec<AttemptRecord>,
+        now_ms: i64,
+    ) -> Result<bool>;
     /// Every subscription of every topic (the dispatcher's work list).
     async fn all_subscriptions(&self) -> Result<Vec<SubscriptionRecord>>;
     /// When the next in-flight message of a subscription is due (unix ms).

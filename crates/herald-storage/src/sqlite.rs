@@ -17,6 +17,8 @@ use std::time::Duration;
 pub struct SqliteStorage {
     pub(crate) reader: SqlitePool,
     pub(crate) writer: Writer,
+    /// Dropping the storage stops its checkpoint task.
+    _checkpoints: tokio::sync::oneshot::Sender<()>,
 }
 
 const SECRET_COLS: &str = "s.vault_id, s.name_key, s.name, s.deleted_at, s.purge_at, \
@@ -39,19 +41,55 @@ impl SqliteStorage {
             .busy_timeout(Duration::from_secs(10))
             .pragma("cache_size", "-16000")
             .pragma("temp_store", "memory");
+        // Checkpoints (which fsync the database file) run on their own
+        // connection in the background, never inside a commit on the write path.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .connect_with(base.clone())
+            .connect_with(base.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(base.clone().pragma("wal_autocheckpoint", "0"))
+            .await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(checkpoint_loop(checkpointer, stopped));
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
             .connect_with(base.read_only(true))
             .await?;
         let writer = Writer::spawn(writer.acquire().await?);
-        Ok(Self { reader, writer })
+        Ok(Self {
+            reader,
+            writer,
+            _checkpoints: stop,
+        })
+    }
+}
+
+/// Copies the WAL back into the database every second. PASSIVE never
+/// blocks writers or readers; the periodic TRUNCATE keeps the WAL small.
+async fn checkpoint_loop(pool: SqlitePool, mut stopped: tokio::sync::oneshot::Receiver<()>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = &mut stopped => {
+                pool.close().await;
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        let mode = if n.is_multiple_of(60) { "TRUNCATE" } else { "PASSIVE" };
+        if let Err(e) = sqlx::query(&format!("PRAGMA wal_checkpoint({mode})"))
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
     }
 }
 
@@ -202,8 +240,10 @@ impl VaultStore for SqliteStorage {
         Ok(
             sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
                 .bind(key)
-                .fetch_optional(&self.reader)
-                .await?,
+                .fetch_all(&self.reader)
+                .await?
+                .into_iter()
+                .next(),
         )
     }
 
@@ -260,8 +300,10 @@ impl VaultStore for SqliteStorage {
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>> {
         let row = sqlx::query("SELECT id, name, role, created FROM api_tokens WHERE hash = ?")
             .bind(hash)
-            .fetch_optional(&self.reader)
-            .await?;
+            .fetch_all(&self.reader)
+            .await?
+            .into_iter()
+            .next();
         row.map(|r| {
             Ok(TokenRecord {
                 id: r.try_get("id")?,
@@ -277,8 +319,11 @@ impl VaultStore for SqliteStorage {
         Ok(
             sqlx::query_scalar("SELECT COUNT(*) FROM api_tokens WHERE role = ?")
                 .bind(role)
-                .fetch_one(&self.reader)
-                .await?,
+                .fetch_all(&self.reader)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or(sqlx::Error::RowNotFound)?,
         )
     }
 
@@ -336,8 +381,10 @@ impl VaultStore for SqliteStorage {
     async fn vault_by_name(&self, name: &str) -> Result<Option<VaultRecord>> {
         let row = sqlx::query(&format!("SELECT {VAULT_COLS} FROM vaults WHERE name = ?"))
             .bind(name)
-            .fetch_optional(&self.reader)
-            .await?;
+            .fetch_all(&self.reader)
+            .await?
+            .into_iter()
+            .next();
         row.as_ref().map(vault_from_row).transpose()
     }
 
@@ -371,8 +418,10 @@ impl VaultStore for SqliteStorage {
             "SELECT {TOPIC_COLS} FROM topics WHERE vault_id = ? AND kind = 'system'"
         ))
         .bind(vault_id)
-        .fetch_optional(&self.reader)
-        .await?;
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .next();
         row.as_ref().map(topic_from_row).transpose()
     }
 
@@ -451,8 +500,10 @@ impl VaultStore for SqliteStorage {
         let row = q
             .bind(vault_id)
             .bind(key)
-            .fetch_optional(&self.reader)
-            .await?;
+            .fetch_all(&self.reader)
+            .await?
+            .into_iter()
+            .next();
         row.as_ref().map(pair).transpose()
     }
 
@@ -507,8 +558,10 @@ impl VaultStore for SqliteStorage {
         )
         .bind(vault_id)
         .bind(key)
-        .fetch_optional(&self.reader)
-        .await?;
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .next();
         secret
             .as_ref()
             .map(|r| Ok((secret_from_row(r)?, Vec::new())))
@@ -710,8 +763,10 @@ impl VaultStore for SqliteStorage {
         ))
         .bind(vault_id)
         .bind(key)
-        .fetch_optional(&self.reader)
-        .await?;
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .next();
         row.as_ref().map(pair).transpose()
     }
 

@@ -28,6 +28,7 @@ fn sub_from_row(r: &SqliteRow) -> Result<SubscriptionRecord> {
 fn log_row(r: &SqliteRow) -> Result<LogRow> {
     Ok(LogRow {
         seq: r.try_get("seq")?,
+        event_id: r.try_get("event_id")?,
         event_type: r.try_get("event_type")?,
         subject: r.try_get("subject")?,
         body: r.try_get("body")?,
@@ -109,6 +110,28 @@ async fn dead_letter_with_status(
     bump(tx, sub, "deadLettered", 1).await
 }
 
+async fn insert_attempts(tx: &mut SqliteConnection, attempts: &[AttemptRecord]) -> Result<()> {
+    for chunk in attempts.chunks(100) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO delivery_attempts (subscription_id, seq, event_id, attempt, at, status, \
+             latency_ms, outcome, response) ",
+        );
+        q.push_values(chunk, |mut b, a| {
+            b.push_bind(a.subscription_id.as_str())
+                .push_bind(a.seq)
+                .push_bind(a.event_id.as_str())
+                .push_bind(a.attempt)
+                .push_bind(a.at_ms)
+                .push_bind(a.status.map(i64::from))
+                .push_bind(a.latency_ms)
+                .push_bind(a.outcome.as_str())
+                .push_bind(a.response.as_deref());
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
 async fn claim_in(
     tx: &mut SqliteConnection,
     sub: &str,
@@ -129,7 +152,7 @@ async fn claim_in(
 
     // Messages already in flight that are due again come first, in order.
     let due = sqlx::query(
-        "SELECT m.seq, m.delivery_count, m.last_outcome, e.event_type, e.subject, e.body, e.created \
+        "SELECT m.seq, m.delivery_count, m.last_outcome, e.event_id, e.event_type, e.subject, e.body, e.created \
          FROM subscription_messages m JOIN event_log e ON e.seq = m.seq \
          WHERE m.subscription_id = ?1 AND m.available_at <= ?2 \
          ORDER BY m.seq LIMIT ?3",
@@ -205,7 +228,7 @@ async fn claim_in(
             .max(16)
             .min(o.scan_limit - scanned);
         let fresh = sqlx::query(
-            "SELECT seq, event_type, subject, body, created FROM event_log \
+            "SELECT seq, event_id, event_type, subject, body, created FROM event_log \
              WHERE topic_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
         )
         .bind(topic_id)
@@ -398,7 +421,7 @@ async fn settle_in(
             } => {
                 for seq in chunk {
                     let row = sqlx::query(
-                        "SELECT m.delivery_count, e.seq, e.event_type, e.subject, e.body, e.created \
+                        "SELECT m.delivery_count, e.seq, e.event_id, e.event_type, e.subject, e.body, e.created \
                          FROM subscription_messages m JOIN event_log e ON e.seq = m.seq \
                          WHERE m.subscription_id = ? AND m.seq = ?",
                     )
@@ -424,7 +447,7 @@ async fn settle_in(
             SettleAction::Reject => {
                 for seq in chunk {
                     let row = sqlx::query(
-                        "SELECT m.delivery_count, m.last_outcome, e.seq, e.event_type, e.subject, e.body, e.created \
+                        "SELECT m.delivery_count, m.last_outcome, e.seq, e.event_id, e.event_type, e.subject, e.body, e.created \
                          FROM subscription_messages m JOIN event_log e ON e.seq = m.seq \
                          WHERE m.subscription_id = ? AND m.seq = ?",
                     )
@@ -485,8 +508,10 @@ impl RouterStore for SqliteStorage {
     async fn topic_by_name(&self, name: &str) -> Result<Option<TopicRecord>> {
         let row = sqlx::query(&format!("SELECT {TOPIC_COLS} FROM topics WHERE name = ?"))
             .bind(name)
-            .fetch_optional(&self.reader)
-            .await?;
+            .fetch_all(&self.reader)
+            .await?
+            .into_iter()
+            .next();
         row.as_ref().map(topic_from_row).transpose()
     }
 
@@ -577,8 +602,11 @@ impl RouterStore for SqliteStorage {
         let seq: Option<i64> =
             sqlx::query_scalar("SELECT MAX(seq) FROM event_log WHERE topic_id = ?")
                 .bind(topic_id)
-                .fetch_one(&self.reader)
-                .await?;
+                .fetch_all(&self.reader)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or(sqlx::Error::RowNotFound)?;
         Ok(seq.unwrap_or(0))
     }
 
@@ -637,8 +665,10 @@ impl RouterStore for SqliteStorage {
         ))
         .bind(topic_id)
         .bind(name)
-        .fetch_optional(&self.reader)
-        .await?;
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .next();
         row.as_ref().map(sub_from_row).transpose()
     }
 
@@ -771,8 +801,11 @@ impl RouterStore for SqliteStorage {
              + (SELECT COUNT(*) FROM subscription_messages WHERE subscription_id = ?1)",
         )
         .bind(subscription_id)
-        .fetch_one(&self.reader)
-        .await?)
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(sqlx::Error::RowNotFound)?)
     }
 
     async fn counters(&self, scope: &str) -> Result<Vec<(String, i64)>> {
@@ -783,6 +816,127 @@ impl RouterStore for SqliteStorage {
         rows.iter()
             .map(|r| Ok((r.try_get("name")?, r.try_get("value")?)))
             .collect()
+    }
+
+    async fn peek_fresh(
+        &self,
+        subscription_id: &str,
+        topic_id: &str,
+        max: i64,
+        scan_limit: i64,
+        matcher: Matcher,
+    ) -> Result<Option<FreshWindow>> {
+        let Some(cursor): Option<i64> =
+            sqlx::query_scalar("SELECT cursor_seq FROM event_subscriptions WHERE id = ?")
+                .bind(subscription_id)
+                .fetch_all(&self.reader)
+                .await?
+                .into_iter()
+                .next()
+        else {
+            return Ok(None);
+        };
+        let mut window = FreshWindow {
+            cursor,
+            next_cursor: cursor,
+            rows: Vec::new(),
+            matched: 0,
+            unmatched: 0,
+        };
+        let mut scanned = 0;
+        'scan: while (window.rows.len() as i64) < max && scanned < scan_limit {
+            let page = (max - window.rows.len() as i64)
+                .max(64)
+                .min(scan_limit - scanned);
+            let rows = sqlx::query(
+                "SELECT seq, event_id, event_type, subject, body, created FROM event_log \
+                 WHERE topic_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            )
+            .bind(topic_id)
+            .bind(window.next_cursor)
+            .bind(page)
+            .fetch_all(&self.reader)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            scanned += rows.len() as i64;
+            for r in &rows {
+                if window.rows.len() as i64 >= max {
+                    break 'scan;
+                }
+                let row = log_row(r)?;
+                window.next_cursor = row.seq + 1;
+                if matcher(&row) {
+                    window.matched += 1;
+                    window.rows.push(row);
+                } else {
+                    window.unmatched += 1;
+                }
+            }
+        }
+        Ok(Some(window))
+    }
+
+    async fn commit_fresh(
+        &self,
+        subscription_id: &str,
+        window: (i64, i64, i64, i64),
+        delivered: i64,
+        outcomes: Vec<FreshOutcome>,
+        attempts: Vec<AttemptRecord>,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let sub = subscription_id.to_owned();
+        let (cursor, next_cursor, matched, unmatched) = window;
+        self.writer
+            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                Box::pin(async move {
+                    let moved = sqlx::query(
+                        "UPDATE event_subscriptions SET cursor_seq = ? WHERE id = ? AND cursor_seq = ?",
+                    )
+                    .bind(next_cursor)
+                    .bind(&sub)
+                    .bind(cursor)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if moved == 0 {
+                        return Ok(false);
+                    }
+                    for o in &outcomes {
+                        match o {
+                            FreshOutcome::Retry { seq, retry_at_ms, outcome, status } => {
+                                sqlx::query(
+                                    "INSERT INTO subscription_messages (subscription_id, seq, state, available_at, \
+                                     delivery_count, enqueued_at, last_outcome, last_status, last_attempt_at) \
+                                     VALUES (?, ?, 'ready', ?, 1, ?, ?, ?, ?) ON CONFLICT (subscription_id, seq) DO NOTHING",
+                                )
+                                .bind(&sub)
+                                .bind(seq)
+                                .bind(retry_at_ms)
+                                .bind(now_ms)
+                                .bind(*outcome)
+                                .bind(status.map(i64::from))
+                                .bind(now_ms)
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                            FreshOutcome::DeadLetter { row, reason, outcome, status } => {
+                                dead_letter_with_status(tx, &sub, row, reason, 1, Some(outcome), *status, now_ms).await?;
+                            }
+                        }
+                    }
+                    let failed = outcomes.len() as i64;
+                    bump(tx, &sub, "matched", matched).await?;
+                    bump(tx, &sub, "unmatched", unmatched).await?;
+                    bump(tx, &sub, "delivered", delivered).await?;
+                    bump(tx, &sub, "failed", failed).await?;
+                    insert_attempts(tx, &attempts).await?;
+                    Ok(true)
+                })
+            })
+            .await
     }
 
     async fn all_subscriptions(&self) -> Result<Vec<SubscriptionRecord>> {
@@ -799,8 +953,11 @@ impl RouterStore for SqliteStorage {
             "SELECT MIN(available_at) FROM subscription_messages WHERE subscription_id = ?",
         )
         .bind(subscription_id)
-        .fetch_one(&self.reader)
-        .await?)
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(sqlx::Error::RowNotFound)?)
     }
 
     async fn record_attempts(&self, attempts: Vec<AttemptRecord>) -> Result<()> {
@@ -808,29 +965,11 @@ impl RouterStore for SqliteStorage {
             return Ok(());
         }
         self.writer
-            .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
-                Box::pin(async move {
-                    for chunk in attempts.chunks(100) {
-                        let mut q = QueryBuilder::<Sqlite>::new(
-                            "INSERT INTO delivery_attempts (subscription_id, seq, event_id, attempt, at, status, \
-                             latency_ms, outcome, response) ",
-                        );
-                        q.push_values(chunk, |mut b, a| {
-                            b.push_bind(a.subscription_id.as_str())
-                                .push_bind(a.seq)
-                                .push_bind(a.event_id.as_str())
-                                .push_bind(a.attempt)
-                                .push_bind(a.at_ms)
-                                .push_bind(a.status.map(i64::from))
-                                .push_bind(a.latency_ms)
-                                .push_bind(a.outcome.as_str())
-                                .push_bind(a.response.as_deref());
-                        });
-                        q.build().execute(&mut *tx).await?;
-                    }
-                    Ok(())
-                })
-            })
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move { insert_attempts(tx, &attempts).await })
+                },
+            )
             .await
     }
 

@@ -5,6 +5,7 @@ mod delivery;
 mod durability;
 mod helpers;
 mod lifecycle;
+mod push_crash;
 mod router_api;
 mod security;
 mod vault_api;
