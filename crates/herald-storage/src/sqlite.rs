@@ -69,6 +69,31 @@ impl SqliteStorage {
     }
 }
 
+impl SqliteStorage {
+    /// Live or soft-deleted secrets with their latest version, by key.
+    async fn list_latest(
+        &self,
+        vault_id: &str,
+        after_key: Option<&str>,
+        limit: i64,
+        deleted: bool,
+    ) -> Result<Vec<(SecretRecord, VersionRecord)>> {
+        let state = if deleted { "IS NOT NULL" } else { "IS NULL" };
+        let rows = sqlx::query(&format!(
+            "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
+             ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND v.ordinal = s.current_ordinal \
+             WHERE s.vault_id = ? AND s.deleted_at {state} AND s.name_key > ? \
+             ORDER BY s.name_key LIMIT ?"
+        ))
+        .bind(vault_id)
+        .bind(after_key.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(pair).collect()
+    }
+}
+
 /// Copies the WAL back into the database every second. PASSIVE never
 /// blocks writers or readers; the periodic TRUNCATE keeps the WAL small.
 async fn checkpoint_loop(pool: SqlitePool, mut stopped: tokio::sync::oneshot::Receiver<()>) {
@@ -83,7 +108,11 @@ async fn checkpoint_loop(pool: SqlitePool, mut stopped: tokio::sync::oneshot::Re
             _ = tick.tick() => {}
         }
         n += 1;
-        let mode = if n.is_multiple_of(60) { "TRUNCATE" } else { "PASSIVE" };
+        let mode = if n.is_multiple_of(60) {
+            "TRUNCATE"
+        } else {
+            "PASSIVE"
+        };
         if let Err(e) = sqlx::query(&format!("PRAGMA wal_checkpoint({mode})"))
             .execute(&pool)
             .await
@@ -513,18 +542,7 @@ impl VaultStore for SqliteStorage {
         after_key: Option<&str>,
         limit: i64,
     ) -> Result<Vec<(SecretRecord, VersionRecord)>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
-             ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND v.ordinal = s.current_ordinal \
-             WHERE s.vault_id = ? AND s.deleted_at IS NULL AND s.name_key > ? \
-             ORDER BY s.name_key LIMIT ?"
-        ))
-        .bind(vault_id)
-        .bind(after_key.unwrap_or(""))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(pair).collect()
+        self.list_latest(vault_id, after_key, limit, false).await
     }
 
     async fn list_versions(
@@ -776,18 +794,7 @@ impl VaultStore for SqliteStorage {
         after_key: Option<&str>,
         limit: i64,
     ) -> Result<Vec<(SecretRecord, VersionRecord)>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SECRET_COLS} FROM secrets s JOIN secret_versions v \
-             ON v.vault_id = s.vault_id AND v.name_key = s.name_key AND v.ordinal = s.current_ordinal \
-             WHERE s.vault_id = ? AND s.deleted_at IS NOT NULL AND s.name_key > ? \
-             ORDER BY s.name_key LIMIT ?"
-        ))
-        .bind(vault_id)
-        .bind(after_key.unwrap_or(""))
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(pair).collect()
+        self.list_latest(vault_id, after_key, limit, true).await
     }
 
     async fn recover(

@@ -25,6 +25,14 @@ fn sub_from_row(r: &SqliteRow) -> Result<SubscriptionRecord> {
     })
 }
 
+fn validation_from_row(r: &SqliteRow) -> Result<PendingValidation> {
+    Ok(PendingValidation {
+        subscription_id: r.try_get("subscription_id")?,
+        code: r.try_get("code")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+}
+
 fn log_row(r: &SqliteRow) -> Result<LogRow> {
     Ok(LogRow {
         seq: r.try_get("seq")?,
@@ -1071,14 +1079,7 @@ impl RouterStore for SqliteStorage {
                         .bind(&hash)
                         .fetch_optional(&mut *tx)
                         .await?;
-                        row.map(|r| {
-                            Ok(PendingValidation {
-                                subscription_id: r.try_get("subscription_id")?,
-                                code: r.try_get("code")?,
-                                expires_at: r.try_get("expires_at")?,
-                            })
-                        })
-                        .transpose()
+                        row.as_ref().map(validation_from_row).transpose()
                     })
                 },
             )
@@ -1097,15 +1098,7 @@ impl RouterStore for SqliteStorage {
                         .bind(now)
                         .fetch_all(&mut *tx)
                         .await?;
-                        rows.iter()
-                            .map(|r| {
-                                Ok(PendingValidation {
-                                    subscription_id: r.try_get("subscription_id")?,
-                                    code: r.try_get("code")?,
-                                    expires_at: r.try_get("expires_at")?,
-                                })
-                            })
-                            .collect()
+                        rows.iter().map(validation_from_row).collect()
                     })
                 },
             )

@@ -204,6 +204,17 @@ fn aad(vault_id: &str, key: &str, version: &str) -> Vec<u8> {
     format!("secret/{vault_id}/{key}/{version}").into_bytes()
 }
 
+/// A version from a URL: empty means the latest; anything but 32 hex
+/// characters cannot exist, so it is simply not found.
+fn requested_version(name: &SecretName, raw: Option<&str>) -> VaultResult<Option<String>> {
+    match raw {
+        None | Some("") => Ok(None),
+        Some(raw) => SecretVersion::parse(raw)
+            .map(|v| Some(v.to_string()))
+            .ok_or_else(|| VaultError::SecretNotFound(name.to_string())),
+    }
+}
+
 fn now() -> i64 {
     Utc::now().timestamp()
 }
@@ -478,14 +489,7 @@ impl VaultService {
         name: &SecretName,
         version: Option<&str>,
     ) -> VaultResult<(SecretRecord, VersionRecord)> {
-        let version = match version {
-            None | Some("") => None,
-            Some(raw) => Some(
-                SecretVersion::parse(raw)
-                    .ok_or_else(|| VaultError::SecretNotFound(name.to_string()))?
-                    .to_string(),
-            ),
-        };
+        let version = requested_version(name, version)?;
         let key = name.key();
         let mut generation = u64::MAX;
         if version.is_none() {
@@ -536,14 +540,7 @@ impl VaultService {
     ) -> VaultResult<(SecretRecord, VersionRecord)> {
         check_content_type(&req.content_type)?;
         let tags = req.tags.as_ref().map(check_tags).transpose()?;
-        let version = match version {
-            None | Some("") => None,
-            Some(raw) => Some(
-                SecretVersion::parse(raw)
-                    .ok_or_else(|| VaultError::SecretNotFound(name.to_string()))?
-                    .to_string(),
-            ),
-        };
+        let version = requested_version(name, version)?;
         let patch = VersionPatch {
             enabled: req.enabled,
             nbf: req.nbf.map(Some),

@@ -319,6 +319,23 @@ async fn delete_subscription(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `?after=<id>&limit=<n>` of the id-keyed listings (limit 1-1000, default 100).
+fn page_bounds(
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<(i64, i64), ApiError> {
+    let Query(page) = page.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Use ?after=<id>&limit=<1-1000>.",
+        )
+    })?;
+    Ok((
+        page.after.unwrap_or(0),
+        page.limit.unwrap_or(100).clamp(1, 1000),
+    ))
+}
+
 #[derive(Deserialize)]
 struct Page {
     after: Option<i64>,
@@ -350,18 +367,8 @@ async fn dead_letters(
     Path((topic, name)): Path<(String, String)>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    let Query(page) = page.map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "Use ?after=<id>&limit=<1-1000>.",
-        )
-    })?;
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
-    let (t, _, rows) = st
-        .router
-        .dead_letters(&topic, &name, page.after.unwrap_or(0), limit)
-        .await?;
+    let (after, limit) = page_bounds(page)?;
+    let (t, _, rows) = st.router.dead_letters(&topic, &name, after, limit).await?;
     let next_after = rows
         .last()
         .filter(|_| rows.len() as i64 == limit)
@@ -423,19 +430,9 @@ async fn attempts(
     Path((topic, name)): Path<(String, String)>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(page) = page.map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "Use ?after=<id>&limit=<1-1000>.",
-        )
-    })?;
-    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let (after, limit) = page_bounds(page)?;
     let (_, sub) = st.router.subscription(&topic, &name).await?;
-    let rows = st
-        .router
-        .attempts(&sub, page.after.unwrap_or(0), limit)
-        .await?;
+    let rows = st.router.attempts(&sub, after, limit).await?;
     let items: Vec<Value> = rows
         .iter()
         .map(|(id, a)| {
