@@ -76,6 +76,10 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_url: Option<String>,
+    /// Dead-letter objects in S3-compatible storage: s3://bucket[/prefix] (AWS_* variables configure access) [default: DATA_DIR/deadletters]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_url: Option<String>,
     /// Log format: text or json [default: text]; level via RUST_LOG
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -28,6 +28,30 @@ impl DeadLetterStore {
         Ok(Self::from_store(Arc::new(fs)))
     }
 
+    /// An S3-compatible bucket, `s3://bucket[/prefix]`. Credentials, region
+    /// and endpoint come from the usual `AWS_*` variables (`AWS_ENDPOINT`
+    /// and `AWS_ALLOW_HTTP=true` for MinIO-style local stores).
+    pub fn s3(url: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| anyhow::anyhow!("dead-letter URL {url} must start with s3://"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        anyhow::ensure!(!bucket.is_empty(), "dead-letter URL {url} names no bucket");
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .with_context(|| format!("configuring the S3 dead-letter store {url}"))?;
+        let store: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
+            Arc::new(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(
+                store,
+                prefix.trim_matches('/'),
+            ))
+        };
+        Ok(Self::from_store(store))
+    }
+
     pub fn from_store(store: Arc<dyn ObjectStore>) -> Self {
         Self { store }
     }

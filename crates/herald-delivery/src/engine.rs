@@ -33,8 +33,9 @@ pub struct Health {
 /// Probation starts after this many failures in a row.
 const PROBATION_AFTER: u32 = 10;
 const PROBATION_MAX: Duration = Duration::from_secs(3600);
-/// How long a claimed batch stays locked: longer than the 30 s timeout.
-const IN_FLIGHT_LOCK_MS: i64 = 120_000;
+/// How long a claimed retry stays locked: the 30 s request timeout plus a
+/// margin, so a crashed node's retries come back soon after it restarts.
+const IN_FLIGHT_LOCK_MS: i64 = 40_000;
 const RESPONSE_SNIPPET: usize = 512;
 
 struct Batch {

@@ -33,6 +33,8 @@ pub struct DeliverySettings {
     pub attempt_retention: Duration,
     /// Root of the local dead-letter store (object layout as Azure blobs).
     pub dead_letter_root: Option<PathBuf>,
+    /// `s3://bucket[/prefix]` to keep dead letters in S3-compatible storage instead.
+    pub dead_letter_url: Option<String>,
     /// Batches in flight at once per subscription (bounded per endpoint).
     pub max_in_flight: usize,
 }
@@ -46,6 +48,7 @@ impl Default for DeliverySettings {
             internal_prefixes: Vec::new(),
             attempt_retention: Duration::from_secs(7 * 86_400),
             dead_letter_root: None,
+            dead_letter_url: None,
             max_in_flight: 32,
         }
     }
@@ -82,9 +85,10 @@ impl Delivery {
         client: http::DeliveryClient,
         settings: DeliverySettings,
     ) -> anyhow::Result<Self> {
-        let dead_letters = match &settings.dead_letter_root {
-            Some(root) => Some(Arc::new(deadletter::DeadLetterStore::local(root)?)),
-            None => None,
+        let dead_letters = match (&settings.dead_letter_url, &settings.dead_letter_root) {
+            (Some(url), _) => Some(Arc::new(deadletter::DeadLetterStore::s3(url)?)),
+            (None, Some(root)) => Some(Arc::new(deadletter::DeadLetterStore::local(root)?)),
+            (None, None) => None,
         };
         Ok(Self {
             router,

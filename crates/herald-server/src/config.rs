@@ -45,6 +45,9 @@ pub struct Config {
     pub delivery_retry_scale: f64,
     /// Base URL clients use to reach this server (validation links); default https://localhost:PORT.
     pub public_url: Option<String>,
+    /// Where dead-letter objects go: unset = DATA_DIR/deadletters, or s3://bucket[/prefix]
+    /// (credentials and endpoint from AWS_* variables).
+    pub dead_letter_url: Option<String>,
 }
 
 impl Default for Config {
@@ -69,6 +72,7 @@ impl Default for Config {
             delivery_allowed_cidrs: Vec::new(),
             delivery_retry_scale: 1.0,
             public_url: None,
+            dead_letter_url: None,
         }
     }
 }
@@ -161,6 +165,13 @@ impl Config {
         }
         if !(self.delivery_retry_scale > 0.0 && self.delivery_retry_scale <= 1.0) {
             return bad("delivery_retry_scale must be greater than 0 and at most 1".into());
+        }
+        if let Some(u) = &self.dead_letter_url
+            && !u.starts_with("s3://")
+        {
+            return bad(format!(
+                "dead_letter_url '{u}' must be s3://bucket[/prefix]; leave it unset for DATA_DIR/deadletters"
+            ));
         }
         if self.lifecycle_interval_ms == 0 {
             return bad("lifecycle_interval_ms must be at least 1".into());

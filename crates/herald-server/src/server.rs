@@ -127,6 +127,7 @@ impl Server {
                 public_base_url: public_url,
                 retry_scale: config.delivery_retry_scale,
                 dead_letter_root: Some(config.data_dir.join("deadletters")),
+                dead_letter_url: config.dead_letter_url.clone(),
                 ..Default::default()
             },
         )?;
