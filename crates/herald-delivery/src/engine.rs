@@ -151,8 +151,15 @@ impl Delivery {
         );
         let waker = self.router.waker(&topic.record.id);
         let gate = Arc::new(Semaphore::new(self.settings.max_in_flight.max(1)));
+        // The commit of one window overlaps the sending of the next; the next
+        // is read from where the last one ended, not from the stored cursor.
+        let mut pending: Option<tokio::task::JoinHandle<bool>> = None;
+        let mut local_cursor: Option<i64> = None;
         loop {
             if stop.is_cancelled() {
+                if let Some(p) = pending.take() {
+                    let _ = p.await;
+                }
                 return;
             }
             if let Some(until) = self.health(&sub.record.id).and_then(|h| h.probation_until) {
@@ -186,11 +193,17 @@ impl Delivery {
                 ttl_ms: sub.properties.retry_policy.event_time_to_live_in_minutes * 60_000,
                 scan_limit: 0,
             };
-            let retries = match self
-                .storage
-                .claim(&sub.record.id, &topic.record.id, opts, matcher.clone())
-                .await
-            {
+            // Only go through the writer when a retry is actually due.
+            let due = self.storage.next_due(&sub.record.id).await.ok().flatten();
+            let retries = match due.filter(|d| *d <= opts.now_ms) {
+                None => Ok(Vec::new()),
+                Some(_) => {
+                    self.storage
+                        .claim(&sub.record.id, &topic.record.id, opts, matcher.clone())
+                        .await
+                }
+            };
+            let retries = match retries {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, subscription = %sub.record.name, "claim failed; will retry");
@@ -212,6 +225,7 @@ impl Delivery {
                     .peek_fresh(
                         &sub.record.id,
                         &topic.record.id,
+                        local_cursor,
                         window,
                         20_000,
                         matcher.clone(),
@@ -235,7 +249,22 @@ impl Delivery {
                         } else {
                             self.send_all(&topic, &sub, &hook, &gate, claimed).await
                         };
-                        self.commit_fresh(&sub, &w, sent).await;
+                        // Windows commit in order: the previous one first. If it
+                        // failed, this window was read past a cursor that never
+                        // moved: drop it and read again from the stored cursor.
+                        let previous_ok = match pending.take() {
+                            Some(p) => p.await.unwrap_or(false),
+                            None => true,
+                        };
+                        if previous_ok {
+                            local_cursor = Some(w.next_cursor);
+                            let (this, sub2) = (self.clone(), sub.clone());
+                            pending = Some(tokio::spawn(async move {
+                                this.commit_fresh(&sub2, &w, sent).await
+                            }));
+                        } else {
+                            local_cursor = None;
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -246,6 +275,12 @@ impl Delivery {
                 }
             }
             if !worked {
+                // Settle the last window before idling, so state is current.
+                if let Some(p) = pending.take()
+                    && !p.await.unwrap_or(false)
+                {
+                    local_cursor = None;
+                }
                 let next_due = self.storage.next_due(&sub.record.id).await.ok().flatten();
                 let until_due = next_due
                     .map(|d| {
@@ -345,7 +380,7 @@ impl Delivery {
         sub: &Subscription,
         w: &herald_storage::FreshWindow,
         sent: Vec<Sent>,
-    ) {
+    ) -> bool {
         let mut attempts = Vec::new();
         let mut outcomes = Vec::new();
         let mut delivered = 0;
@@ -387,11 +422,17 @@ impl Delivery {
             )
             .await;
         match committed {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(subscription = %sub.record.name,
-                "the subscription's cursor moved during delivery; events may be delivered twice"),
-            Err(e) => tracing::error!(error = %e, subscription = %sub.record.name,
-                "committing a delivery window failed; its events will be delivered again"),
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(subscription = %sub.record.name,
+                    "the subscription's cursor moved during delivery; events may be delivered twice");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, subscription = %sub.record.name,
+                    "committing a delivery window failed; its events will be delivered again");
+                false
+            }
         }
     }
 

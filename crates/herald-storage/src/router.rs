@@ -220,11 +220,13 @@ pub trait RouterStore: Send + Sync {
     /// Durable counters of one scope (a topic or subscription id).
     async fn counters(&self, scope: &str) -> Result<Vec<(String, i64)>>;
 
-    /// Reads up to `max` matching rows past a subscription's cursor.
+    /// Reads up to `max` matching rows past a subscription's cursor, or past
+    /// `from` when the caller already sent events beyond the stored cursor.
     async fn peek_fresh(
         &self,
         subscription_id: &str,
         topic_id: &str,
+        from: Option<i64>,
         max: i64,
         scan_limit: i64,
         matcher: Matcher,

@@ -830,18 +830,21 @@ impl RouterStore for SqliteStorage {
         &self,
         subscription_id: &str,
         topic_id: &str,
+        from: Option<i64>,
         max: i64,
         scan_limit: i64,
         matcher: Matcher,
     ) -> Result<Option<FreshWindow>> {
-        let Some(cursor): Option<i64> =
-            sqlx::query_scalar("SELECT cursor_seq FROM event_subscriptions WHERE id = ?")
+        let stored: Option<i64> = match from {
+            Some(c) => Some(c),
+            None => sqlx::query_scalar("SELECT cursor_seq FROM event_subscriptions WHERE id = ?")
                 .bind(subscription_id)
                 .fetch_all(&self.reader)
                 .await?
                 .into_iter()
-                .next()
-        else {
+                .next(),
+        };
+        let Some(cursor): Option<i64> = stored else {
             return Ok(None);
         };
         let mut window = FreshWindow {
