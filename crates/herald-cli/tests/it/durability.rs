@@ -2,109 +2,21 @@
 //! publish that was answered 200 survives a SIGKILL that lands while
 //! publishers are still running, and is delivered after the restart.
 
+use crate::binary::{Herald, free_port, start};
 use crate::helpers::*;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 const TOPIC: &str = "orders";
 const SUB: &str = "pull";
 const BATCH: usize = 10;
 
-/// A `herald serve` process started by this test.
-struct Herald {
-    child: Child,
-    client: reqwest::Client,
-    origin: String,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("probe a free port");
-    l.local_addr().expect("addr").port()
-}
-
-fn tail(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    let start = bytes.len().saturating_sub(4000);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
-}
-
-/// Starts the binary on `data` and `port` and waits for /healthz. A port
-/// still held by the killed process makes the new one exit; then retry.
-async fn start(data: &Path, port: u16, logs: &Path, run: usize) -> Herald {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let ca = data.join("tls").join("ca.pem");
-    let origin = format!("https://localhost:{port}");
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let stderr_path = logs.join(format!("stderr-{run}-{attempt}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .current_dir(logs)
-            .env("HERALD_ADMIN_TOKEN", TOKEN)
-            .env_remove("HERALD_CONFIG")
-            .env_remove("HERALD_MASTER_KEY")
-            .env_remove("HERALD_DATABASE")
-            .env_remove("HERALD_DATA_DIR")
-            .env_remove("HERALD_LISTEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start herald serve");
-        loop {
-            if let Some(status) = child.try_wait().expect("poll the child") {
-                assert!(
-                    Instant::now() < deadline,
-                    "herald serve keeps exiting ({status}): {}",
-                    tail(&stderr_path)
-                );
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                break;
-            }
-            if let Ok(pem) = std::fs::read(&ca)
-                && reqwest::Certificate::from_pem(&pem).is_ok()
-            {
-                let client = client_for(&ca);
-                if let Ok(r) = client.get(format!("{origin}/healthz")).send().await
-                    && r.status().is_success()
-                {
-                    return Herald {
-                        child,
-                        client,
-                        origin,
-                    };
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "herald serve never became healthy: {}",
-                tail(&stderr_path)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 impl Herald {
-    async fn req(&self, req: reqwest::RequestBuilder) -> Resp {
-        let r = read(req.send().await.expect("request reaches the server")).await;
-        assert!(r.status < 500, "server error {}: {}", r.status, r.text);
-        r
-    }
-
     async fn key(&self) -> String {
         let r = self
             .req(
@@ -198,7 +110,7 @@ async fn acknowledged_publishes_survive_kill_9() {
     let logs = tempfile::tempdir().expect("log dir");
     let data: PathBuf = data_dir.path().to_path_buf();
     let port = free_port();
-    let herald = start(&data, port, logs.path(), 1).await;
+    let herald = start(&data, port, logs.path(), 1, &[]).await;
 
     // A topic and a Queue subscription.
     let r = herald
@@ -357,7 +269,7 @@ async fn acknowledged_publishes_survive_kill_9() {
         .collect();
 
     // Restart on the same data dir and port, and drain.
-    let herald = start(&data, port, logs.path(), 2).await;
+    let herald = start(&data, port, logs.path(), 2, &[]).await;
     assert_eq!(herald.key().await, key, "keys survive");
     let delivered = herald.drain(&key, None).await;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();

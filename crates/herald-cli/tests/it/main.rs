@@ -1,6 +1,7 @@
 //! Herald's integration tests: real servers on real ports over real HTTPS,
 //! one server per test so tests run in parallel.
 
+mod binary;
 mod delivery;
 mod durability;
 mod helpers;

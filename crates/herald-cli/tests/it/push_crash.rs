@@ -6,6 +6,7 @@
 //! arrives at least once; duplicates (same id delivered again) are counted
 //! and printed.
 
+use crate::binary::{Herald, free_port, start};
 use crate::helpers::*;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -14,15 +15,20 @@ use axum::response::{IntoResponse, Response};
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 const TOPIC: &str = "pushcrash";
+/// Loopback receivers need the allow-list; retries are compressed.
+const PUSH_ARGS: &[&str] = &[
+    "--delivery-allowed-cidrs",
+    "127.0.0.0/8",
+    "--delivery-retry-scale",
+    "0.001",
+];
 const SUB: &str = "hook";
 const EVENTS: usize = 20_000;
 const PUBLISH_BATCH: usize = 50;
@@ -93,101 +99,6 @@ async fn start_receiver(counts: Arc<Counts>) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// The real binary (as in durability.rs, plus the delivery allow-list)
-
-struct Herald {
-    child: Child,
-    client: reqwest::Client,
-    origin: String,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("probe a free port");
-    l.local_addr().expect("addr").port()
-}
-
-fn tail(path: &Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    let start = bytes.len().saturating_sub(4000);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
-}
-
-/// Starts the binary on `data` and `port` and waits for /healthz. A port
-/// still held by the killed process makes the new one exit; then retry.
-async fn start(data: &Path, port: u16, logs: &Path, run: usize) -> Herald {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let ca = data.join("tls").join("ca.pem");
-    let origin = format!("https://localhost:{port}");
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let stderr_path = logs.join(format!("stderr-{run}-{attempt}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--delivery-allowed-cidrs")
-            .arg("127.0.0.0/8")
-            .arg("--delivery-retry-scale")
-            .arg("0.001")
-            .current_dir(logs)
-            .env("HERALD_ADMIN_TOKEN", TOKEN)
-            .env_remove("HERALD_CONFIG")
-            .env_remove("HERALD_MASTER_KEY")
-            .env_remove("HERALD_DATABASE")
-            .env_remove("HERALD_DATA_DIR")
-            .env_remove("HERALD_LISTEN")
-            .env_remove("HERALD_DELIVERY_ALLOWED_CIDRS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start herald serve");
-        loop {
-            if let Some(status) = child.try_wait().expect("poll the child") {
-                assert!(
-                    Instant::now() < deadline,
-                    "herald serve keeps exiting ({status}): {}",
-                    tail(&stderr_path)
-                );
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                break;
-            }
-            if let Ok(pem) = std::fs::read(&ca)
-                && reqwest::Certificate::from_pem(&pem).is_ok()
-            {
-                let client = client_for(&ca);
-                if let Ok(r) = client.get(format!("{origin}/healthz")).send().await
-                    && r.status().is_success()
-                {
-                    return Herald {
-                        child,
-                        client,
-                        origin,
-                    };
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "herald serve never became healthy: {}",
-                tail(&stderr_path)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Herald {
-    async fn req(&self, req: reqwest::RequestBuilder) -> Resp {
-        let r = read(req.send().await.expect("request reaches the server")).await;
-        assert!(r.status < 500, "server error {}: {}", r.status, r.text);
-        r
-    }
-}
-
 fn batch_body(ids: &[String]) -> String {
     let events: Vec<Value> = ids
         .iter()
@@ -217,7 +128,7 @@ async fn acknowledged_events_are_pushed_after_kill_9() {
     let port = free_port();
     let counts = Arc::new(Counts::default());
     let endpoint = start_receiver(counts.clone()).await;
-    let herald = start(&data, port, logs.path(), 1).await;
+    let herald = start(&data, port, logs.path(), 1, PUSH_ARGS).await;
 
     // A topic and a validated WebHook subscription to the receiver.
     let r = herald
@@ -355,7 +266,7 @@ async fn acknowledged_events_are_pushed_after_kill_9() {
 
     // Restart on the same data dir and port; the publishers carry on.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let herald = start(&data, port, logs.path(), 2).await;
+    let herald = start(&data, port, logs.path(), 2, PUSH_ARGS).await;
     let restarted = Instant::now();
     let mut confirmed: BTreeSet<String> = BTreeSet::new();
     let mut republished = 0;
