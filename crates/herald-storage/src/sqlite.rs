@@ -70,6 +70,44 @@ impl SqliteStorage {
 }
 
 impl SqliteStorage {
+    /// Soft-deletes a live secret (`Some((deleted_at, purge_at))`) or
+    /// recovers a deleted one (`None`); returns it with its latest version.
+    async fn set_deleted(
+        &self,
+        vault_id: &str,
+        key: &str,
+        deletion: Option<(i64, i64)>,
+    ) -> Result<Option<(SecretRecord, VersionRecord)>> {
+        let (vault_id, key) = (vault_id.to_owned(), key.to_owned());
+        let was = if deletion.is_some() {
+            "IS NULL"
+        } else {
+            "IS NOT NULL"
+        };
+        self.writer
+            .write(
+                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                    Box::pin(async move {
+                        let done = sqlx::query(&format!(
+                            "UPDATE secrets SET deleted_at = ?, purge_at = ? \
+                         WHERE vault_id = ? AND name_key = ? AND deleted_at {was}"
+                        ))
+                        .bind(deletion.map(|d| d.0))
+                        .bind(deletion.map(|d| d.1))
+                        .bind(&vault_id)
+                        .bind(&key)
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() == 0 {
+                            return Ok(None);
+                        }
+                        current_pair(&mut *tx, &vault_id, &key).await
+                    })
+                },
+            )
+            .await
+    }
+
     /// Live or soft-deleted secrets with their latest version, by key.
     async fn list_latest(
         &self,
@@ -740,32 +778,7 @@ impl VaultStore for SqliteStorage {
         deleted_at: i64,
         purge_at: i64,
     ) -> Result<Option<(SecretRecord, VersionRecord)>> {
-        let vault_id = vault_id.to_owned();
-        let key = key.to_owned();
-        self.writer
-            .write(
-                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
-                    Box::pin(async move {
-                        let vault_id = vault_id.as_str();
-                        let key = key.as_str();
-                        let done = sqlx::query(
-                            "UPDATE secrets SET deleted_at = ?, purge_at = ? \
-                     WHERE vault_id = ? AND name_key = ? AND deleted_at IS NULL",
-                        )
-                        .bind(deleted_at)
-                        .bind(purge_at)
-                        .bind(vault_id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
-                        if done.rows_affected() == 0 {
-                            return Ok(None);
-                        }
-                        let out = current_pair(&mut *tx, vault_id, key).await?;
-                        Ok(out)
-                    })
-                },
-            )
+        self.set_deleted(vault_id, key, Some((deleted_at, purge_at)))
             .await
     }
 
@@ -802,31 +815,7 @@ impl VaultStore for SqliteStorage {
         vault_id: &str,
         key: &str,
     ) -> Result<Option<(SecretRecord, VersionRecord)>> {
-        let vault_id = vault_id.to_owned();
-        let key = key.to_owned();
-        self.writer
-            .write(
-                move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
-                    Box::pin(async move {
-                        let vault_id = vault_id.as_str();
-                        let key = key.as_str();
-                        let done = sqlx::query(
-                            "UPDATE secrets SET deleted_at = NULL, purge_at = NULL \
-                     WHERE vault_id = ? AND name_key = ? AND deleted_at IS NOT NULL",
-                        )
-                        .bind(vault_id)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
-                        if done.rows_affected() == 0 {
-                            return Ok(None);
-                        }
-                        let out = current_pair(&mut *tx, vault_id, key).await?;
-                        Ok(out)
-                    })
-                },
-            )
-            .await
+        self.set_deleted(vault_id, key, None).await
     }
 
     async fn purge(&self, vault_id: &str, key: &str) -> Result<bool> {
