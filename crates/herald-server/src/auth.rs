@@ -109,6 +109,21 @@ pub async fn vault_auth(
             req.extensions_mut().insert(Caller(rec));
             Ok(next.run(req).await)
         }
+        None if token.starts_with("hjt_") => {
+            let Some(job) = state.automation.principal(&token).await? else {
+                let mut e = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "AKV10022: The job token has expired or its job has ended.",
+                );
+                e.challenge = Some(challenge());
+                return Err(e);
+            };
+            let job_id = job.job_id.clone();
+            req.extensions_mut().insert(JobCaller(job));
+            let resp = next.run(req).await;
+            Ok(mask_for_job(&state, &job_id, resp).await)
+        }
         None => {
             let mut e = ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -119,6 +134,28 @@ pub async fn vault_auth(
             Err(e)
         }
     }
+}
+
+/// A running job calling with its job token.
+#[derive(Debug, Clone)]
+pub struct JobCaller(pub herald_automation::service::JobPrincipal);
+
+/// Secret values a job reads or writes are masked in its streams from then
+/// on, so a runbook that echoes them cannot leak them into job output.
+async fn mask_for_job(state: &AppState, job_id: &str, resp: Response) -> Response {
+    if !resp.status().is_success() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 4 * 1024 * 1024).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        && let Some(value) = v.get("value").and_then(|v| v.as_str())
+    {
+        state.automation.register_mask(job_id, value);
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// `{vault_base}:{port}` as the client addressed us, the parent domain the

@@ -48,6 +48,17 @@ pub struct Config {
     /// Where dead-letter objects go: unset = DATA_DIR/deadletters, or s3://bucket[/prefix]
     /// (credentials and endpoint from AWS_* variables).
     pub dead_letter_url: Option<String>,
+    /// Jobs the built-in worker pool runs at once (0 turns the pool off).
+    pub automation_slots: usize,
+    /// Job sandbox: auto (best available), bwrap, unshare, rlimits or none.
+    pub sandbox: String,
+    /// Seconds a worker's job lease lasts without a heartbeat.
+    pub automation_lease_secs: u64,
+    /// Days finished jobs are kept.
+    pub job_retention_days: u64,
+    /// The `herald` binary runbooks call (for `herald secret set`, `herald asset get`);
+    /// default: this executable.
+    pub herald_bin: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -73,6 +84,11 @@ impl Default for Config {
             delivery_retry_scale: 1.0,
             public_url: None,
             dead_letter_url: None,
+            automation_slots: 8,
+            sandbox: "auto".into(),
+            automation_lease_secs: 30,
+            job_retention_days: 30,
+            herald_bin: None,
         }
     }
 }
@@ -162,6 +178,21 @@ impl Config {
                     "delivery_allowed_cidrs: '{c}' is not a CIDR such as 127.0.0.0/8"
                 ));
             }
+        }
+        if !matches!(
+            self.sandbox.as_str(),
+            "auto" | "bwrap" | "unshare" | "rlimits" | "none"
+        ) {
+            return bad(format!(
+                "sandbox must be auto, bwrap, unshare, rlimits or none, got '{}'",
+                self.sandbox
+            ));
+        }
+        if !(2..=3600).contains(&self.automation_lease_secs) {
+            return bad("automation_lease_secs must be 2..3600".into());
+        }
+        if self.automation_slots > 1024 {
+            return bad("automation_slots must be at most 1024".into());
         }
         if !(self.delivery_retry_scale > 0.0 && self.delivery_retry_scale <= 1.0) {
             return bad("delivery_retry_scale must be greater than 0 and at most 1".into());

@@ -78,6 +78,31 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<herald_automation::AutomationError> for ApiError {
+    fn from(e: herald_automation::AutomationError) -> Self {
+        use herald_automation::AutomationError as E;
+        match e {
+            E::Invalid(m) => Self::new(StatusCode::BAD_REQUEST, "BadRequest", m),
+            E::NotFound { what, name } => {
+                let code = match what {
+                    "runbook" | "runbook version" => "RunbookNotFound",
+                    "webhook" => "WebhookNotFound",
+                    "job" => "JobNotFound",
+                    "credential" | "variable" | "asset" => "AssetNotFound",
+                    _ => "NotFound",
+                };
+                Self::not_found(code, format!("The {what} '{name}' was not found."))
+            }
+            E::Conflict(m) => Self::new(StatusCode::CONFLICT, "Conflict", m),
+            E::Webhook { code, message } => Self::new(StatusCode::BAD_REQUEST, code, message),
+            E::RunbookGone(m) => Self::not_found("RunbookNotFound", m),
+            E::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "Forbidden", m),
+            E::Storage(e) => Self::internal("using automation storage", e),
+            E::Internal(m) => Self::internal("running automation", m),
+        }
+    }
+}
+
 impl From<VaultError> for ApiError {
     fn from(e: VaultError) -> Self {
         let msg = e.to_string();

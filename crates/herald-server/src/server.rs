@@ -108,6 +108,7 @@ impl Server {
             )
         });
         let public_url = public_url.trim_end_matches('/').to_owned();
+        let delivery_public_url = public_url.clone();
         let allowed: Vec<ipnet::IpNet> = config
             .delivery_allowed_cidrs
             .iter()
@@ -131,6 +132,8 @@ impl Server {
                 ..Default::default()
             },
         )?;
+        let master_for_automation = master.clone();
+        let public_url_for_automation = delivery_public_url.clone();
         let vault = VaultService::new(storage.clone(), master, scope, urls.clone());
         let delivery = delivery.with_secret_resolver(Arc::new(VaultResolver(vault.clone())));
         vault
@@ -139,6 +142,23 @@ impl Server {
                 ..VaultSettings::default()
             })
             .await?;
+
+        let automation = herald_automation::AutomationService::new(
+            storage.clone(),
+            master_for_automation,
+            herald_automation::AutomationSettings {
+                public_url: public_url_for_automation,
+                lease: Duration::from_secs(config.automation_lease_secs),
+                max_restarts: 3,
+                job_retention: Duration::from_secs(config.job_retention_days.max(1) * 86_400),
+            },
+        );
+        let sandbox = herald_automation::sandbox::probe(&config.sandbox)
+            .await
+            .context(
+                "choosing the job sandbox (set sandbox = \"auto\" to use the best available)",
+            )?;
+        tracing::info!(sandbox = %sandbox, runbook_types = ?herald_automation::sandbox::available_kinds(), "job sandbox chosen");
 
         let info = StartInfo {
             addr,
@@ -160,6 +180,9 @@ impl Server {
             vaults: Arc::new(VaultCache::default()),
             tenant_id: tenant_id.into(),
             metrics: crate::metrics_setup::handle(),
+            automation,
+            sandbox,
+            shutdown: CancellationToken::new(),
         };
         Ok(Self {
             listener,
@@ -183,6 +206,24 @@ impl Server {
         ));
         let sweeper = tokio::spawn(run_router_duties(state.router.clone(), shutdown.clone()));
         let dispatcher = tokio::spawn(state.delivery.clone().run(shutdown.clone()));
+        {
+            let inner = state.shutdown.clone();
+            let outer = shutdown.clone();
+            tokio::spawn(async move {
+                outer.cancelled().await;
+                inner.cancel();
+            });
+        }
+        let duties = tokio::spawn(state.automation.clone().run_duties(shutdown.clone()));
+        if state.config.automation_slots > 0 {
+            let host = std::sync::Arc::new(herald_automation::worker::LocalHost {
+                service: state.automation.clone(),
+                group: herald_automation::service::BUILTIN_GROUP.to_owned(),
+                worker_id: format!("local-{}", uuid::Uuid::now_v7()),
+            });
+            let cfg = local_runner_config(&state, &info, host.worker_id.clone());
+            tokio::spawn(herald_automation::worker::run(host, cfg, shutdown.clone()));
+        }
         let app = api::router(state);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
@@ -232,8 +273,53 @@ impl Server {
         let _ = lifecycle.await;
         let _ = sweeper.await;
         let _ = dispatcher.await;
+        let _ = duties.await;
         tracing::info!("herald stopped");
         Ok(())
+    }
+}
+
+/// What jobs of the built-in pool get: the server's address, its CA, the
+/// vault host scheme, and the `herald` binary on PATH.
+fn local_runner_config(
+    state: &AppState,
+    info: &StartInfo,
+    worker_id: String,
+) -> herald_automation::worker::RunnerConfig {
+    let mut env = vec![
+        (
+            "HERALD_ADDR".to_owned(),
+            format!("https://127.0.0.1:{}", info.addr.port()),
+        ),
+        (
+            "HERALD_VAULT_BASE".to_owned(),
+            state.config.vault_base.clone(),
+        ),
+    ];
+    let ca = info
+        .ca_path
+        .clone()
+        .or_else(|| state.config.tls_cert.clone());
+    if let Some(ca) = ca.and_then(|p| std::fs::canonicalize(p).ok()) {
+        env.push(("HERALD_CACERT".to_owned(), ca.display().to_string()));
+    }
+    let herald = state.config.herald_bin.clone().or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .filter(|p| p.file_name().is_some_and(|n| n == "herald"))
+    });
+    let path_dirs = herald
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .into_iter()
+        .collect();
+    herald_automation::worker::RunnerConfig {
+        worker_id,
+        slots: state.config.automation_slots,
+        level: state.sandbox,
+        env,
+        path_dirs,
+        work_root: None,
+        heartbeat: Duration::from_secs((state.config.automation_lease_secs / 3).max(1)),
     }
 }
 

@@ -20,6 +20,10 @@ pub struct AppState {
     pub vaults: Arc<VaultCache>,
     pub tenant_id: Arc<str>,
     pub metrics: PrometheusHandle,
+    pub automation: herald_automation::AutomationService,
+    pub sandbox: herald_automation::sandbox::SandboxLevel,
+    /// Cancelled when the server stops; long polls end on it.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Host → vault lookups happen on every data-plane request; cache them

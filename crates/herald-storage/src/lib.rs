@@ -6,11 +6,14 @@
 //! [`open`]. Each mutating method is one transaction: a secret version and
 //! the event announcing it commit together or not at all.
 
+mod automation;
 mod router;
 mod sqlite;
+mod sqlite_automation;
 mod sqlite_router;
 mod writer;
 
+pub use automation::*;
 pub use router::*;
 
 use async_trait::async_trait;
@@ -157,7 +160,7 @@ pub struct LoggedEvent {
 }
 
 /// A storage engine: every domain's store, behind one object.
-pub trait Storage: VaultStore + RouterStore + Send + Sync + 'static {
+pub trait Storage: VaultStore + RouterStore + AutomationStore + Send + Sync + 'static {
     /// Short engine name for logs and `herald status`.
     fn engine(&self) -> &'static str;
 }

@@ -1,10 +1,12 @@
 //! HTTP routes, one module per API resource.
 
+pub mod automation;
 pub mod events;
 pub mod secrets;
 pub mod system;
 pub mod topics;
 pub mod vaults;
+pub mod webhooks;
 
 use crate::auth;
 use crate::error::ApiError;
@@ -28,6 +30,7 @@ pub fn router(state: AppState) -> Router {
     let management = Router::new()
         .nest("/api/v1/vaults", vaults::router())
         .nest("/api/v1/topics", topics::router())
+        .nest("/api/v1/automation", automation::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::admin_auth,
@@ -36,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .merge(system::router())
         .merge(management)
         .merge(events::router())
+        .merge(webhooks::router())
+        .merge(automation::job_router())
         .merge(vault_plane)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -79,6 +79,21 @@ impl FromRequestParts<AppState> for VaultCtx {
                 format!("No vault is served at host '{authority}'."),
             )
         })?;
+        if let Some(crate::auth::JobCaller(job)) = parts.extensions.get::<crate::auth::JobCaller>()
+        {
+            let action = job_action(&parts.method, parts.uri.path());
+            if !job.permissions.iter().any(|p| p.allows(&name, action)) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "Runbook '{}' may not {action} secrets in vault '{name}'. Grant it with permissions: [{{\"vault\": \"{name}\", \"actions\": [\"{action}\"]}}].",
+                        job.runbook
+                    ),
+                )
+                .with_inner("AccessDenied"));
+            }
+        }
         let vault = match state.vaults.get(&name) {
             Some(v) => v,
             None => {
@@ -99,6 +114,21 @@ impl FromRequestParts<AppState> for VaultCtx {
             api_version,
             query,
         })
+    }
+}
+
+/// The permission a job token needs for a Key Vault call.
+fn job_action(method: &axum::http::Method, path: &str) -> &'static str {
+    use axum::http::Method;
+    let trimmed = path.trim_end_matches('/');
+    match *method {
+        Method::GET if trimmed == "/secrets" || trimmed.ends_with("/versions") => "list",
+        Method::GET if trimmed.starts_with("/deletedsecrets") => "manage",
+        Method::GET => "get",
+        Method::PUT | Method::PATCH => "set",
+        Method::DELETE if trimmed.starts_with("/deletedsecrets") => "manage",
+        Method::DELETE => "delete",
+        _ => "manage",
     }
 }
 
