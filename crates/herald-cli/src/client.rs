@@ -108,6 +108,58 @@ impl Client {
         )
     }
 
+    /// Sends raw text with PUT (runbook content) and returns the JSON answer.
+    pub async fn put_text(&self, path: &str, body: String) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.addr);
+        let resp = self
+            .http
+            .put(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| explain_transport(e, &self.addr))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if status.is_success() {
+            return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+        }
+        Err(api_error(status, &text))
+    }
+
+    /// GETs a text resource (job output, runbook content).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let resp = self.get_stream(path, "text/plain").await?;
+        Ok(resp.text().await?)
+    }
+
+    /// GETs a response to read incrementally (server-sent events).
+    pub async fn get_stream(&self, path: &str, accept: &str) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.addr);
+        // No overall timeout: a followed job may run for hours.
+        let http = builder(&self.ca)
+            .timeout(std::time::Duration::from_secs(365 * 86_400))
+            .build()?;
+        let resp = http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::ACCEPT, accept)
+            .send()
+            .await
+            .map_err(|e| explain_transport(e, &self.addr))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(api_error(status, &text));
+        }
+        Ok(resp)
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// A client bound to one vault's host, the way Key Vault clients address it.
     pub async fn vault(&self, name: &str) -> anyhow::Result<VaultClient> {
         let uri = match std::env::var("HERALD_VAULT_BASE") {
@@ -209,16 +261,20 @@ async fn send(
             serde_json::from_str(&text).context("server sent invalid JSON")?
         });
     }
-    let parsed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Err(api_error(status, &text))
+}
+
+fn api_error(status: StatusCode, text: &str) -> anyhow::Error {
+    let parsed: Value = serde_json::from_str(text).unwrap_or(Value::Null);
     let code = parsed["error"]["code"].as_str().unwrap_or("Error");
-    let msg = parsed["error"]["message"].as_str().unwrap_or(text.as_str());
+    let msg = parsed["error"]["message"].as_str().unwrap_or(text);
     let hint = match status {
         StatusCode::UNAUTHORIZED => {
             "\nhint: export HERALD_TOKEN=<admin token printed by `herald serve` at first start>"
         }
         _ => "",
     };
-    bail!("{code} ({status}): {msg}{hint}")
+    anyhow!("{code} ({status}): {msg}{hint}")
 }
 
 fn explain_transport(e: reqwest::Error, addr: &str) -> anyhow::Error {

@@ -1,5 +1,6 @@
 //! `herald`: the server and a CLI over its API.
 
+mod automation;
 mod bench;
 mod client;
 mod events;
@@ -8,6 +9,7 @@ mod secret;
 mod serve;
 mod topic;
 mod vault;
+mod worker;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
@@ -57,6 +59,20 @@ Config file (TOML, --config or ./herald.toml) keys are the flag names with under
     /// Dead-lettered events: list, show, replay.
     #[command(subcommand)]
     Deadletter(events::DeadletterCmd),
+    /// Automation runbooks: create, publish, start, show, content, delete.
+    #[command(subcommand)]
+    Runbook(automation::RunbookCmd),
+    /// Token webhooks that start runbooks (URL shown once).
+    #[command(subcommand)]
+    Webhook(automation::WebhookCmd),
+    /// Runbook jobs: list, show, output --follow, stop, wait.
+    #[command(subcommand)]
+    Job(automation::JobCmd),
+    /// Automation assets: variables and credentials (get works inside jobs).
+    #[command(subcommand)]
+    Asset(automation::AssetCmd),
+    /// Run a remote worker that pulls jobs of one worker group over HTTPS.
+    Worker(worker::WorkerArgs),
     /// Measure throughput against an in-process server and print the figures.
     Bench(bench::BenchArgs),
     /// Print shell completions: herald completions bash|zsh|fish.
@@ -84,6 +100,11 @@ fn main() -> ExitCode {
             Command::Subscription(cmd) => topic::run_subscription(cmd).await,
             Command::Events(cmd) => events::run(cmd).await,
             Command::Deadletter(cmd) => events::run_deadletter(cmd).await,
+            Command::Runbook(cmd) => automation::run_runbook(cmd).await,
+            Command::Webhook(cmd) => automation::run_webhook(cmd).await,
+            Command::Job(cmd) => automation::run_job(cmd).await,
+            Command::Asset(cmd) => automation::run_asset(cmd).await,
+            Command::Worker(args) => worker::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Completions { shell } => {
                 clap_complete::generate(

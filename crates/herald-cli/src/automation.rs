@@ -1,0 +1,1128 @@
+//! `herald runbook|webhook|job|asset ...`: Automation from the shell.
+
+use crate::client::{Client, Conn};
+use crate::output;
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const BASE: &str = "/api/v1/automation";
+
+#[derive(Subcommand)]
+pub enum RunbookCmd {
+    /// Create a runbook from a script file (the draft); --publish freezes it
+    Create {
+        name: String,
+        /// bash, sh, python3, pwsh or node
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: String,
+        /// Script file, or - for stdin
+        #[arg(long)]
+        file: String,
+        /// Declared parameter: NAME[:TYPE][:mandatory][:secure][=DEFAULT] (repeatable)
+        #[arg(long = "param", value_name = "SPEC")]
+        params: Vec<String>,
+        /// Vault permission for its jobs: VAULT:ACTION[,ACTION] e.g. payments:get,set (repeatable)
+        #[arg(long = "allow", value_name = "VAULT:ACTIONS")]
+        allow: Vec<String>,
+        /// Job timeout in seconds [default: 3600]
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// At most this many jobs of the runbook run at once
+        #[arg(long)]
+        max_concurrent: Option<i64>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Publish right away
+        #[arg(long)]
+        publish: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List runbooks
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a runbook and its webhooks
+    Show {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the draft, or a published version's content
+    Content {
+        name: String,
+        /// draft, published, or a version number
+        #[arg(long, default_value = "draft")]
+        version: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Replace the draft with a script file, or - for stdin
+    Edit {
+        name: String,
+        #[arg(long)]
+        file: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Freeze the draft as the next published version
+    Publish {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Start a job directly with parameters NAME=VALUE
+    Start {
+        name: String,
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Worker group to run on [default: the built-in pool]
+        #[arg(long)]
+        run_on: Option<String>,
+        /// Wait for the job and print its output
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a runbook and its webhooks (its jobs are kept)
+    Delete {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum WebhookCmd {
+    /// Create a webhook; its URL is printed once and cannot be shown again
+    Create {
+        name: String,
+        #[arg(long)]
+        runbook: String,
+        /// Parameter value NAME=VALUE (repeatable); callers can never override these
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Expiry: RFC 3339, unix seconds or +365d [default: one year]
+        #[arg(long)]
+        expires: Option<String>,
+        /// Worker group its jobs run on
+        #[arg(long)]
+        run_on: Option<String>,
+        /// Create it disabled
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List webhooks (never their URLs)
+    List {
+        #[arg(long)]
+        runbook: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Show {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Enable, disable, extend or re-parameterise a live webhook
+    Update {
+        name: String,
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Delete {
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JobCmd {
+    /// List jobs, newest first
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        runbook: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        top: i64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a job with its status history
+    Show {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the job's output; --follow streams every record live
+    Output {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the job's stream records (Output, Error, Warning, ...)
+    Streams {
+        id: String,
+        #[arg(long)]
+        stream: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stop a job
+    Stop {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Resume a Suspended job from the beginning
+    Resume {
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Wait for a job to finish; exits non-zero unless it Completed
+    Wait {
+        id: String,
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AssetCmd {
+    /// Inside a runbook job: print an asset's value (credentials as JSON)
+    Get {
+        name: String,
+        /// For credentials: print only this field (username or password)
+        #[arg(long)]
+        field: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Create or replace a variable
+    SetVariable {
+        name: String,
+        value: String,
+        /// Store it sealed; it is then never shown by the API
+        #[arg(long)]
+        encrypted: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Create or replace a credential; the password is read from HERALD_ASSET_PASSWORD or stdin
+    SetCredential {
+        name: String,
+        #[arg(long)]
+        username: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// List variables and credentials (never secret values)
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    Delete {
+        name: String,
+        /// variable or credential
+        #[arg(long, default_value = "variable")]
+        kind: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+fn read_file(path: &str) -> anyhow::Result<String> {
+    if path == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(PathBuf::from(path)).with_context(|| format!("cannot read {path}"))
+}
+
+/// `NAME[:TYPE][:mandatory][:secure][=DEFAULT]`
+fn param_decl(spec: &str) -> anyhow::Result<Value> {
+    let (head, default) = match spec.split_once('=') {
+        Some((h, d)) => (h, Some(d)),
+        None => (spec, None),
+    };
+    let mut parts = head.split(':');
+    let name = parts.next().unwrap_or_default();
+    if name.is_empty() {
+        bail!("bad --param '{spec}': use NAME[:TYPE][:mandatory][:secure][=DEFAULT]");
+    }
+    let mut decl = json!({ "name": name, "type": "string" });
+    for p in parts {
+        match p {
+            "mandatory" => decl["isMandatory"] = json!(true),
+            "secure" => decl["secure"] = json!(true),
+            "" => {}
+            ty => decl["type"] = json!(ty),
+        }
+    }
+    if let Some(d) = default {
+        decl["defaultValue"] = json!(d);
+    }
+    Ok(decl)
+}
+
+fn param_values(pairs: &[String]) -> anyhow::Result<Map<String, Value>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("bad --param '{p}': use NAME=VALUE"))?;
+            // JSON values (numbers, objects) pass through; anything else is a string.
+            let v = serde_json::from_str::<Value>(v)
+                .ok()
+                .filter(|v| !v.is_string())
+                .unwrap_or_else(|| Value::String(v.to_owned()));
+            Ok((k.to_owned(), v))
+        })
+        .collect()
+}
+
+fn permissions(allow: &[String]) -> anyhow::Result<Value> {
+    allow
+        .iter()
+        .map(|a| {
+            let (vault, actions) = a.split_once(':').with_context(|| {
+                format!("bad --allow '{a}': use VAULT:ACTION[,ACTION], e.g. payments:get,set")
+            })?;
+            Ok(json!({ "vault": vault, "actions": actions.split(',').collect::<Vec<_>>() }))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Value::Array)
+}
+
+fn iso_from_cli(raw: &str) -> anyhow::Result<String> {
+    let secs = output::parse_time(raw)?;
+    Ok(chrono::DateTime::from_timestamp(secs, 0)
+        .context("time out of range")?
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+fn short_time(v: &Value) -> String {
+    v.as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+pub async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
+    match cmd {
+        RunbookCmd::Create {
+            name,
+            kind,
+            file,
+            params,
+            allow,
+            timeout,
+            max_concurrent,
+            description,
+            publish,
+            conn,
+        } => {
+            let c = Client::new(&conn)?;
+            let mut body = json!({
+                "runbookType": kind,
+                "content": read_file(&file)?,
+                "parameters": params.iter().map(|p| param_decl(p)).collect::<anyhow::Result<Vec<_>>>()?,
+                "permissions": permissions(&allow)?,
+                "publish": publish,
+            });
+            if let Some(t) = timeout {
+                body["timeoutSeconds"] = json!(t);
+            }
+            if let Some(m) = max_concurrent {
+                body["maxConcurrentJobs"] = json!(m);
+            }
+            if let Some(d) = description {
+                body["description"] = json!(d);
+            }
+            let rb = c
+                .api(
+                    Method::PUT,
+                    &format!("{BASE}/runbooks/{}", enc(&name)),
+                    Some(&body),
+                )
+                .await?;
+            if conn.json {
+                output::json(&rb);
+            } else {
+                let state = output::s(&rb["properties"]["state"]);
+                println!("Runbook {name} saved ({state}).");
+                if !publish {
+                    println!(
+                        "Publish it before webhooks can start it: herald runbook publish {name}"
+                    );
+                }
+            }
+        }
+        RunbookCmd::List { conn } => {
+            let c = Client::new(&conn)?;
+            let list = c
+                .api(Method::GET, &format!("{BASE}/runbooks"), None)
+                .await?;
+            if conn.json {
+                output::json(&list);
+                return Ok(());
+            }
+            let rows = list["value"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    let p = &r["properties"];
+                    vec![
+                        output::s(&r["name"]),
+                        output::s(&p["runbookType"]),
+                        output::s(&p["state"]),
+                        output::s(&p["publishedVersion"]),
+                        format!("{} s", output::s(&p["timeoutSeconds"])),
+                        short_time(&p["lastModifiedTime"]),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["NAME", "TYPE", "STATE", "VERSION", "TIMEOUT", "MODIFIED"],
+                rows,
+            );
+        }
+        RunbookCmd::Show { name, conn } => {
+            let c = Client::new(&conn)?;
+            let rb = c
+                .api(
+                    Method::GET,
+                    &format!("{BASE}/runbooks/{}", enc(&name)),
+                    None,
+                )
+                .await?;
+            let hooks = c
+                .api(
+                    Method::GET,
+                    &format!("{BASE}/webhooks?runbook={}", enc(&name)),
+                    None,
+                )
+                .await?;
+            if conn.json {
+                output::json(&json!({ "runbook": rb, "webhooks": hooks["value"] }));
+                return Ok(());
+            }
+            let p = &rb["properties"];
+            let rows = vec![
+                vec!["Name".into(), output::s(&rb["name"])],
+                vec!["Type".into(), output::s(&p["runbookType"])],
+                vec!["State".into(), output::s(&p["state"])],
+                vec![
+                    "Published version".into(),
+                    output::s(&p["publishedVersion"]),
+                ],
+                vec!["Parameters".into(), p["parameters"].to_string()],
+                vec!["Permissions".into(), p["permissions"].to_string()],
+                vec![
+                    "Timeout".into(),
+                    format!("{} s", output::s(&p["timeoutSeconds"])),
+                ],
+                vec![
+                    "Max concurrent jobs".into(),
+                    output::s(&p["maxConcurrentJobs"]),
+                ],
+                vec![
+                    "Webhooks".into(),
+                    hooks["value"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|w| output::s(&w["name"]))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default(),
+                ],
+            ];
+            output::table(&["FIELD", "VALUE"], rows);
+        }
+        RunbookCmd::Content {
+            name,
+            version,
+            conn,
+        } => {
+            let c = Client::new(&conn)?;
+            let text = c
+                .get_text(&format!(
+                    "{BASE}/runbooks/{}/content?version={}",
+                    enc(&name),
+                    enc(&version)
+                ))
+                .await?;
+            print!("{text}");
+        }
+        RunbookCmd::Edit { name, file, conn } => {
+            let c = Client::new(&conn)?;
+            c.put_text(
+                &format!("{BASE}/runbooks/{}/content", enc(&name)),
+                read_file(&file)?,
+            )
+            .await?;
+            println!("Draft of {name} replaced. Publish it with: herald runbook publish {name}");
+        }
+        RunbookCmd::Publish { name, conn } => {
+            let c = Client::new(&conn)?;
+            let rb = c
+                .api(
+                    Method::POST,
+                    &format!("{BASE}/runbooks/{}/publish", enc(&name)),
+                    None,
+                )
+                .await?;
+            if conn.json {
+                output::json(&rb);
+                return Ok(());
+            }
+            println!(
+                "Runbook {name} published as version {}.",
+                output::s(&rb["properties"]["publishedVersion"])
+            );
+        }
+        RunbookCmd::Start {
+            name,
+            params,
+            run_on,
+            wait,
+            conn,
+        } => {
+            let c = Client::new(&conn)?;
+            let body = json!({ "parameters": param_values(&params)?, "runOn": run_on });
+            let job = c
+                .api(
+                    Method::POST,
+                    &format!("{BASE}/runbooks/{}/start", enc(&name)),
+                    Some(&body),
+                )
+                .await?;
+            let id = output::s(&job["name"]);
+            if !wait {
+                if conn.json {
+                    output::json(&job);
+                    return Ok(());
+                }
+                println!("Job {id} queued. Follow it with: herald job output {id} --follow");
+                return Ok(());
+            }
+            wait_job(&c, &id, 3600, conn.json).await?;
+        }
+        RunbookCmd::Delete { name, conn } => {
+            let c = Client::new(&conn)?;
+            c.api(
+                Method::DELETE,
+                &format!("{BASE}/runbooks/{}", enc(&name)),
+                None,
+            )
+            .await?;
+            println!("Runbook {name} and its webhooks deleted.");
+        }
+    }
+    Ok(())
+}
+
+pub async fn run_webhook(cmd: WebhookCmd) -> anyhow::Result<()> {
+    match cmd {
+        WebhookCmd::Create {
+            name,
+            runbook,
+            params,
+            expires,
+            run_on,
+            disabled,
+            conn,
+        } => {
+            let c = Client::new(&conn)?;
+            let mut props = json!({
+                "runbook": { "name": runbook },
+                "parameters": param_values(&params)?,
+                "isEnabled": !disabled,
+            });
+            if let Some(e) = expires {
+                props["expiryTime"] = json!(iso_from_cli(&e)?);
+            }
+            if let Some(r) = run_on {
+                props["runOn"] = json!(r);
+            }
+            let wh = c
+                .api(
+                    Method::PUT,
+                    &format!("{BASE}/webhooks/{}", enc(&name)),
+                    Some(&json!({ "name": name, "properties": props })),
+                )
+                .await?;
+            if conn.json {
+                output::json(&wh);
+                return Ok(());
+            }
+            let uri = output::s(&wh["properties"]["uri"]);
+            println!("Webhook {name} created for runbook {runbook}.");
+            println!("Expires: {}", short_time(&wh["properties"]["expiryTime"]));
+            println!();
+            println!("URL (shown only now; store it like a password):");
+            println!("  {uri}");
+            println!();
+            println!("Try it:");
+            println!("  curl -X POST '{uri}' -H 'Content-Type: application/json' -d '{{}}'");
+        }
+        WebhookCmd::List { runbook, conn } => {
+            let c = Client::new(&conn)?;
+            let path = match &runbook {
+                Some(r) => format!("{BASE}/webhooks?runbook={}", enc(r)),
+                None => format!("{BASE}/webhooks"),
+            };
+            let list = c.api(Method::GET, &path, None).await?;
+            if conn.json {
+                output::json(&list);
+                return Ok(());
+            }
+            let rows = list["value"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|w| {
+                    let p = &w["properties"];
+                    vec![
+                        output::s(&w["name"]),
+                        output::s(&p["runbook"]["name"]),
+                        if p["isEnabled"] == json!(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        short_time(&p["expiryTime"]),
+                        short_time(&p["lastInvokedTime"]),
+                        output::s(&p["runOn"]),
+                    ]
+                })
+                .collect();
+            output::table(
+                &[
+                    "NAME",
+                    "RUNBOOK",
+                    "ENABLED",
+                    "EXPIRES",
+                    "LAST INVOKED",
+                    "RUN ON",
+                ],
+                rows,
+            );
+        }
+        WebhookCmd::Show { name, conn } => {
+            let c = Client::new(&conn)?;
+            let wh = c
+                .api(
+                    Method::GET,
+                    &format!("{BASE}/webhooks/{}", enc(&name)),
+                    None,
+                )
+                .await?;
+            if conn.json {
+                output::json(&wh);
+                return Ok(());
+            }
+            let p = &wh["properties"];
+            output::table(
+                &["FIELD", "VALUE"],
+                vec![
+                    vec!["Name".into(), output::s(&wh["name"])],
+                    vec!["Runbook".into(), output::s(&p["runbook"]["name"])],
+                    vec!["Enabled".into(), output::s(&p["isEnabled"])],
+                    vec!["Expires".into(), short_time(&p["expiryTime"])],
+                    vec!["Last invoked".into(), short_time(&p["lastInvokedTime"])],
+                    vec!["Parameters".into(), p["parameters"].to_string()],
+                    vec!["Run on".into(), output::s(&p["runOn"])],
+                    vec!["URL".into(), "(shown only at creation)".into()],
+                ],
+            );
+        }
+        WebhookCmd::Update {
+            name,
+            enable,
+            disable,
+            expires,
+            params,
+            conn,
+        } => {
+            let c = Client::new(&conn)?;
+            let mut props = Map::new();
+            if enable {
+                props.insert("isEnabled".into(), json!(true));
+            }
+            if disable {
+                props.insert("isEnabled".into(), json!(false));
+            }
+            if let Some(e) = expires {
+                props.insert("expiryTime".into(), json!(iso_from_cli(&e)?));
+            }
+            if !params.is_empty() {
+                props.insert("parameters".into(), Value::Object(param_values(&params)?));
+            }
+            if props.is_empty() {
+                bail!("nothing to change: use --enable, --disable, --expires or --param");
+            }
+            let wh = c
+                .api(
+                    Method::PATCH,
+                    &format!("{BASE}/webhooks/{}", enc(&name)),
+                    Some(&json!({ "properties": props })),
+                )
+                .await?;
+            if conn.json {
+                output::json(&wh);
+                return Ok(());
+            }
+            println!("Webhook {name} updated.");
+        }
+        WebhookCmd::Delete { name, conn } => {
+            let c = Client::new(&conn)?;
+            c.api(
+                Method::DELETE,
+                &format!("{BASE}/webhooks/{}", enc(&name)),
+                None,
+            )
+            .await?;
+            println!("Webhook {name} deleted; its URL no longer works.");
+        }
+    }
+    Ok(())
+}
+
+pub fn job_rows(list: &Value) -> Vec<Vec<String>> {
+    list["value"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|j| {
+            let p = &j["properties"];
+            vec![
+                output::s(&j["name"]),
+                output::s(&p["runbook"]["name"]),
+                output::s(&p["status"]),
+                output::s(&p["startedBy"]),
+                short_time(&p["creationTime"]),
+                duration(&p["startTime"], &p["endTime"]),
+            ]
+        })
+        .collect()
+}
+
+fn duration(start: &Value, end: &Value) -> String {
+    let parse = |v: &Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    match (parse(start), parse(end)) {
+        (Some(s), Some(e)) => format!("{} ms", (e - s).num_milliseconds()),
+        (Some(_), None) => "running".into(),
+        _ => "-".into(),
+    }
+}
+
+pub async fn run_job(cmd: JobCmd) -> anyhow::Result<()> {
+    match cmd {
+        JobCmd::List {
+            status,
+            runbook,
+            top,
+            conn,
+        } => {
+            let c = Client::new(&conn)?;
+            let mut path = format!("{BASE}/jobs?top={top}");
+            if let Some(s) = status {
+                path.push_str(&format!("&status={}", enc(&s)));
+            }
+            if let Some(r) = runbook {
+                path.push_str(&format!("&runbook={}", enc(&r)));
+            }
+            let list = c.api(Method::GET, &path, None).await?;
+            if conn.json {
+                output::json(&list);
+                return Ok(());
+            }
+            output::table(
+                &[
+                    "JOB",
+                    "RUNBOOK",
+                    "STATUS",
+                    "STARTED BY",
+                    "CREATED",
+                    "DURATION",
+                ],
+                job_rows(&list),
+            );
+        }
+        JobCmd::Show { id, conn } => {
+            let c = Client::new(&conn)?;
+            let job = c
+                .api(Method::GET, &format!("{BASE}/jobs/{}", enc(&id)), None)
+                .await?;
+            if conn.json {
+                output::json(&job);
+                return Ok(());
+            }
+            let p = &job["properties"];
+            let mut rows = vec![
+                vec!["Job".into(), output::s(&job["name"])],
+                vec![
+                    "Runbook".into(),
+                    format!(
+                        "{} (v{})",
+                        output::s(&p["runbook"]["name"]),
+                        output::s(&p["runbookVersion"])
+                    ),
+                ],
+                vec!["Status".into(), output::s(&p["status"])],
+                vec!["Details".into(), output::s(&p["statusDetails"])],
+                vec!["Started by".into(), output::s(&p["startedBy"])],
+                vec!["Sandbox".into(), output::s(&p["sandbox"])],
+                vec!["Exit code".into(), output::s(&p["exitCode"])],
+                vec!["Exception".into(), output::s(&p["exception"])],
+                vec!["Parameters".into(), p["parameters"].to_string()],
+            ];
+            for h in p["history"].as_array().cloned().unwrap_or_default() {
+                rows.push(vec![
+                    format!("  {}", output::s(&h["status"])),
+                    format!(
+                        "{} {}",
+                        output::s(&h["time"]),
+                        output::s(&h["details"]).replace('-', "")
+                    ),
+                ]);
+            }
+            output::table(&["FIELD", "VALUE"], rows);
+        }
+        JobCmd::Output { id, follow, conn } => {
+            let c = Client::new(&conn)?;
+            if !follow {
+                print!(
+                    "{}",
+                    c.get_text(&format!("{BASE}/jobs/{}/output", enc(&id)))
+                        .await?
+                );
+                return Ok(());
+            }
+            follow_job(&c, &id, conn.json).await?;
+        }
+        JobCmd::Streams { id, stream, conn } => {
+            let c = Client::new(&conn)?;
+            let mut path = format!("{BASE}/jobs/{}/streams", enc(&id));
+            if let Some(s) = stream {
+                path.push_str(&format!("?streamType={}", enc(&s)));
+            }
+            let list = c.api(Method::GET, &path, None).await?;
+            if conn.json {
+                output::json(&list);
+                return Ok(());
+            }
+            let rows = list["value"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    vec![
+                        short_time(&r["time"]),
+                        output::s(&r["streamType"]),
+                        output::s(&r["streamText"]),
+                    ]
+                })
+                .collect();
+            output::table(&["TIME", "STREAM", "TEXT"], rows);
+        }
+        JobCmd::Stop { id, conn } => {
+            let c = Client::new(&conn)?;
+            let job = c
+                .api(
+                    Method::POST,
+                    &format!("{BASE}/jobs/{}/stop", enc(&id)),
+                    None,
+                )
+                .await?;
+            if conn.json {
+                output::json(&job);
+                return Ok(());
+            }
+            println!("Job {id}: {}", output::s(&job["properties"]["status"]));
+        }
+        JobCmd::Resume { id, conn } => {
+            let c = Client::new(&conn)?;
+            let job = c
+                .api(
+                    Method::POST,
+                    &format!("{BASE}/jobs/{}/resume", enc(&id)),
+                    None,
+                )
+                .await?;
+            println!("Job {id}: {}", output::s(&job["properties"]["status"]));
+        }
+        JobCmd::Wait { id, timeout, conn } => {
+            let c = Client::new(&conn)?;
+            wait_job(&c, &id, timeout, conn.json).await?;
+        }
+    }
+    Ok(())
+}
+
+const FINAL: [&str; 4] = ["Completed", "Failed", "Stopped", "Suspended"];
+
+/// Polls with a spinner until the job is final; non-zero unless Completed.
+async fn wait_job(c: &Client, id: &str, timeout: u64, json_out: bool) -> anyhow::Result<()> {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} job {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(100));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    let job = loop {
+        let job = c
+            .api(Method::GET, &format!("{BASE}/jobs/{}", enc(id)), None)
+            .await?;
+        let status = output::s(&job["properties"]["status"]);
+        pb.set_message(format!("{id}: {status}"));
+        if FINAL.contains(&status.as_str()) {
+            break job;
+        }
+        if tokio::time::Instant::now() > deadline {
+            pb.finish_and_clear();
+            bail!(
+                "job {id} is still {status} after {timeout} s; check it with: herald job show {id}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    pb.finish_and_clear();
+    let status = output::s(&job["properties"]["status"]);
+    if json_out {
+        output::json(&job);
+    } else {
+        print!(
+            "{}",
+            c.get_text(&format!("{BASE}/jobs/{}/output", enc(id)))
+                .await?
+        );
+        eprintln!("job {id}: {status}");
+    }
+    if status != "Completed" {
+        bail!(
+            "job {id} ended {status}: {} (details: herald job show {id})",
+            output::s(&job["properties"]["statusDetails"])
+        );
+    }
+    Ok(())
+}
+
+/// Tails the job over server-sent events until its final status.
+async fn follow_job(c: &Client, id: &str, json_out: bool) -> anyhow::Result<()> {
+    let mut last: Option<String> = None;
+    loop {
+        let path = match &last {
+            Some(seq) => format!("{BASE}/jobs/{}/streams?after={seq}", enc(id)),
+            None => format!("{BASE}/jobs/{}/streams", enc(id)),
+        };
+        let resp = c.get_stream(&path, "text/event-stream").await?;
+        let mut body = resp.bytes_stream();
+        let mut buf = String::new();
+        let mut ended = None;
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else { break };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(pos) = buf.find("\n\n") {
+                let frame = buf[..pos].to_owned();
+                buf.drain(..pos + 2);
+                let (mut ev, mut data, mut fid) = (String::new(), String::new(), None);
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        fid = Some(v.trim().to_owned());
+                    }
+                }
+                if let Some(f) = fid {
+                    last = Some(f);
+                }
+                let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                if ev == "status" {
+                    ended = Some(v);
+                    continue;
+                }
+                if ev.is_empty() {
+                    continue;
+                }
+                if json_out {
+                    println!("{data}");
+                } else if ev == "Output" {
+                    println!("{}", output::s(&v["streamText"]));
+                } else {
+                    eprintln!("[{ev}] {}", output::s(&v["streamText"]));
+                }
+            }
+        }
+        if let Some(job) = ended {
+            let status = output::s(&job["properties"]["status"]);
+            eprintln!("job {id}: {status}");
+            if status != "Completed" {
+                bail!(
+                    "job {id} ended {status}: {}",
+                    output::s(&job["properties"]["statusDetails"])
+                );
+            }
+            return Ok(());
+        }
+        // The connection dropped mid-job: resume after the last record seen.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn run_asset(cmd: AssetCmd) -> anyhow::Result<()> {
+    match cmd {
+        AssetCmd::Get { name, field, conn } => {
+            let c = Client::new(&conn)?;
+            let v = c
+                .api(
+                    Method::GET,
+                    &format!("{BASE}/job/assets/{}", enc(&name)),
+                    None,
+                )
+                .await
+                .context(
+                    "assets are read from inside a runbook job (HERALD_TOKEN is the job's token)",
+                )?;
+            match (field.as_deref(), conn.json) {
+                (Some(f), _) => println!("{}", output::s(&v[f])),
+                (None, true) => output::json(&v),
+                (None, false) if v.get("password").is_some() => output::json(&v),
+                (None, false) => println!("{}", output::s(&v["value"])),
+            }
+        }
+        AssetCmd::SetVariable {
+            name,
+            value,
+            encrypted,
+            conn,
+        } => {
+            let c = Client::new(&conn)?;
+            c.api(
+                Method::PUT,
+                &format!("{BASE}/variables/{}", enc(&name)),
+                Some(&json!({ "value": value, "isEncrypted": encrypted })),
+            )
+            .await?;
+            println!(
+                "Variable {name} saved{}.",
+                if encrypted { " (encrypted)" } else { "" }
+            );
+        }
+        AssetCmd::SetCredential {
+            name,
+            username,
+            conn,
+        } => {
+            let c = Client::new(&conn)?;
+            let password = match std::env::var("HERALD_ASSET_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    eprintln!("password (end with Enter):");
+                    let mut s = String::new();
+                    std::io::stdin().read_line(&mut s)?;
+                    s.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            c.api(
+                Method::PUT,
+                &format!("{BASE}/credentials/{}", enc(&name)),
+                Some(&json!({ "userName": username, "password": password })),
+            )
+            .await?;
+            println!("Credential {name} saved (sealed).");
+        }
+        AssetCmd::List { conn } => {
+            let c = Client::new(&conn)?;
+            let vars = c
+                .api(Method::GET, &format!("{BASE}/variables"), None)
+                .await?;
+            let creds = c
+                .api(Method::GET, &format!("{BASE}/credentials"), None)
+                .await?;
+            if conn.json {
+                output::json(&json!({ "variables": vars["value"], "credentials": creds["value"] }));
+                return Ok(());
+            }
+            let mut rows = Vec::new();
+            for v in vars["value"].as_array().cloned().unwrap_or_default() {
+                let p = &v["properties"];
+                let shown = if p["isEncrypted"] == json!(true) {
+                    "(encrypted)".into()
+                } else {
+                    output::s(&p["value"])
+                };
+                rows.push(vec![output::s(&v["name"]), "variable".into(), shown]);
+            }
+            for v in creds["value"].as_array().cloned().unwrap_or_default() {
+                rows.push(vec![
+                    output::s(&v["name"]),
+                    "credential".into(),
+                    format!("user {}", output::s(&v["properties"]["userName"])),
+                ]);
+            }
+            output::table(&["NAME", "KIND", "VALUE"], rows);
+        }
+        AssetCmd::Delete { name, kind, conn } => {
+            let c = Client::new(&conn)?;
+            let coll = match kind.as_str() {
+                "variable" => "variables",
+                "credential" => "credentials",
+                _ => bail!("--kind must be variable or credential"),
+            };
+            c.api(
+                Method::DELETE,
+                &format!("{BASE}/{coll}/{}", enc(&name)),
+                None,
+            )
+            .await?;
+            println!("{kind} {name} deleted.");
+        }
+    }
+    Ok(())
+}
