@@ -660,8 +660,25 @@ async fn job_argv(
                 OsString::from("--bind"),
                 wdir.to_owned(),
                 wdir.to_owned(),
-                "--unshare-all".into(),
             ]);
+            // /tmp is private to the job; files the job is handed there (the
+            // server's CA in a temp data dir, a herald binary) are bound back.
+            let handed = spec
+                .env
+                .iter()
+                .filter(|(k, _)| k == "HERALD_CACERT")
+                .map(|(_, v)| std::path::PathBuf::from(v))
+                .chain(spec.path_dirs.iter().cloned());
+            for p in handed {
+                if p.starts_with("/tmp") && p.exists() && !wd.path.starts_with(&p) {
+                    argv.extend([
+                        OsString::from("--ro-bind"),
+                        p.clone().into_os_string(),
+                        p.into_os_string(),
+                    ]);
+                }
+            }
+            argv.push("--unshare-all".into());
             if spec.allow_network {
                 argv.push("--share-net".into());
             }

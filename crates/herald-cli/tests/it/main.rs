@@ -1,6 +1,8 @@
 //! Herald's integration tests: real servers on real ports over real HTTPS,
 //! one server per test so tests run in parallel.
 
+mod automation;
+mod automation_flow;
 mod binary;
 mod delivery;
 mod durability;
