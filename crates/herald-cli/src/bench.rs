@@ -5,6 +5,8 @@
 //! fixed time per run. Prints each run and the median, so figures in notes
 //! come from a command anyone can re-run.
 
+#[path = "bench_automation.rs"]
+mod automation;
 #[path = "bench_push.rs"]
 mod push;
 
@@ -38,6 +40,12 @@ pub enum Scenario {
     PushBatch,
     /// Publish-to-delivery latency at a steady 500 events/s, and memory
     PushLatency,
+    /// Webhook POST until the job is Running (200 sequential calls)
+    WebhookRunning,
+    /// A trivial bash runbook end to end through ?wait (200 sequential calls)
+    WebhookWait,
+    /// Sustained trivial jobs per second (1000 webhook calls per run)
+    Jobs,
 }
 
 #[derive(Args)]
@@ -139,6 +147,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             push::run(&target, &args, *scenario).await?;
             continue;
         }
+        if matches!(
+            scenario,
+            Scenario::WebhookRunning | Scenario::WebhookWait | Scenario::Jobs
+        ) {
+            automation::run(&target, &args, *scenario).await?;
+            continue;
+        }
         if *scenario == Scenario::PullReceiveAck {
             setup_topic(&target, "bench-pull", 1).await?;
             let mut rates = Vec::new();
@@ -171,7 +186,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             | Scenario::PullReceiveAck
             | Scenario::Push
             | Scenario::PushBatch
-            | Scenario::PushLatency => continue,
+            | Scenario::PushLatency
+            | Scenario::WebhookRunning
+            | Scenario::WebhookWait
+            | Scenario::Jobs => continue,
             Scenario::SecretSet => {
                 measure(&target, &args, "secret-set", |i| {
                     (
