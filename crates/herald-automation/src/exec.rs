@@ -656,11 +656,7 @@ async fn job_argv(
             ] {
                 argv.push(a.into());
             }
-            argv.extend([
-                OsString::from("--bind"),
-                wdir.to_owned(),
-                wdir.to_owned(),
-            ]);
+            argv.extend([OsString::from("--bind"), wdir.to_owned(), wdir.to_owned()]);
             // /tmp is private to the job; files the job is handed there (the
             // server's CA in a temp data dir, a herald binary) are bound back.
             let handed = spec

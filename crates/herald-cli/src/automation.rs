@@ -157,6 +157,10 @@ pub enum WebhookCmd {
 
 #[derive(Subcommand)]
 pub enum JobCmd {
+    /// Inside a runbook job: print its input, or one field of it by dotted path.
+    /// String fields that hold JSON (WebhookData.RequestBody) are parsed on the
+    /// way, e.g. `herald job input WebhookData.RequestBody.0.eventType`
+    Input { path: Option<String> },
     /// List jobs, newest first
     List {
         #[arg(long)]
@@ -757,8 +761,50 @@ fn duration(start: &Value, end: &Value) -> String {
     }
 }
 
+/// Walks a dotted path through JSON, parsing JSON-in-string values on the way.
+pub fn json_path(root: &Value, path: &str) -> Option<Value> {
+    let mut cur = root.clone();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        if let Value::String(s) = &cur
+            && let Ok(parsed) = serde_json::from_str::<Value>(s)
+        {
+            cur = parsed;
+        }
+        cur = match &cur {
+            Value::Object(m) => m
+                .get(part)
+                .or_else(|| {
+                    m.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(part))
+                        .map(|(_, v)| v)
+                })?
+                .clone(),
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?.clone(),
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
 pub async fn run_job(cmd: JobCmd) -> anyhow::Result<()> {
     match cmd {
+        JobCmd::Input { path } => {
+            let file = std::env::var("HERALD_JOB_INPUT").context(
+                "HERALD_JOB_INPUT is not set: `herald job input` runs inside a runbook job",
+            )?;
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?;
+            let root: Value = serde_json::from_str(&text).context("the job input is not JSON")?;
+            let v = match &path {
+                Some(p) => json_path(&root, p)
+                    .with_context(|| format!("the job input has no field '{p}'"))?,
+                None => root,
+            };
+            match v {
+                Value::String(s) => println!("{s}"),
+                other => println!("{other}"),
+            }
+        }
         JobCmd::List {
             status,
             runbook,
@@ -1125,4 +1171,25 @@ pub async fn run_asset(cmd: AssetCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_path;
+    use serde_json::json;
+
+    #[test]
+    fn json_paths_parse_json_in_strings() {
+        let input = json!({"WebhookData": {"RequestBody": "[{\"eventType\":\"X\",\"data\":{\"ObjectName\":\"db\"}}]"}});
+        assert_eq!(
+            json_path(&input, "WebhookData.RequestBody.0.eventType"),
+            Some(json!("X"))
+        );
+        assert_eq!(
+            json_path(&input, "webhookdata.requestbody.0.data.ObjectName"),
+            Some(json!("db"))
+        );
+        assert_eq!(json_path(&input, "WebhookData.RequestBody.5"), None);
+        assert_eq!(json_path(&input, "nope"), None);
+    }
 }

@@ -18,7 +18,10 @@ async fn call(t: &Target, method: Method, path: &str, body: Value) -> anyhow::Re
         .await?;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
 }
 
 /// A published bash runbook and its webhook; returns the webhook's path.
@@ -63,9 +66,14 @@ fn ms_of(v: &Value) -> Option<i64> {
 }
 
 async fn job(t: &Target, id: &str) -> anyhow::Result<Value> {
-    Ok(call(t, Method::GET, &format!("/api/v1/automation/jobs/{id}"), Value::Null)
-        .await?
-        .1)
+    Ok(call(
+        t,
+        Method::GET,
+        &format!("/api/v1/automation/jobs/{id}"),
+        Value::Null,
+    )
+    .await?
+    .1)
 }
 
 async fn wait_final(t: &Target, id: &str) -> anyhow::Result<Value> {
@@ -130,7 +138,11 @@ pub async fn run(t: &Arc<Target>, args: &BenchArgs, scenario: Scenario) -> anyho
                 let resp = s
                     .send_request(request(t, Method::POST, &path, Bytes::from_static(b"{}"))?)
                     .await?;
-                anyhow::ensure!(resp.status().as_u16() == 200, "webhook wait: {}", resp.status());
+                anyhow::ensure!(
+                    resp.status().as_u16() == 200,
+                    "webhook wait: {}",
+                    resp.status()
+                );
                 let _ = resp.into_body().collect().await?;
                 lat.push(start.elapsed().as_secs_f64() * 1000.0);
             }
@@ -160,9 +172,18 @@ pub async fn run(t: &Arc<Target>, args: &BenchArgs, scenario: Scenario) -> anyho
                         let mut ids = Vec::new();
                         for _ in 0..n {
                             let resp = s
-                                .send_request(request(&t, Method::POST, &path, Bytes::from_static(b"{}"))?)
+                                .send_request(request(
+                                    &t,
+                                    Method::POST,
+                                    &path,
+                                    Bytes::from_static(b"{}"),
+                                )?)
                                 .await?;
-                            anyhow::ensure!(resp.status().as_u16() == 202, "webhook: {}", resp.status());
+                            anyhow::ensure!(
+                                resp.status().as_u16() == 202,
+                                "webhook: {}",
+                                resp.status()
+                            );
                             let body = resp.into_body().collect().await?.to_bytes();
                             let v: Value = serde_json::from_slice(&body)?;
                             ids.push(v["JobIds"][0].as_str().unwrap_or_default().to_owned());
@@ -193,7 +214,13 @@ pub async fn run(t: &Arc<Target>, args: &BenchArgs, scenario: Scenario) -> anyho
                     }
                     break;
                 }
-                let (_, failed) = call(t, Method::GET, "/api/v1/automation/jobs?status=Failed&top=1", Value::Null).await?;
+                let (_, failed) = call(
+                    t,
+                    Method::GET,
+                    "/api/v1/automation/jobs?status=Failed&top=1",
+                    Value::Null,
+                )
+                .await?;
                 anyhow::ensure!(
                     failed["value"].as_array().is_none_or(|a| a.is_empty()),
                     "a bench job failed: {}",

@@ -167,7 +167,7 @@ impl Client {
             Ok(base) if self.token.starts_with("hjt_") => {
                 let server = reqwest::Url::parse(&self.addr)?;
                 let port = server.port_or_known_default().unwrap_or(443);
-                format!("https://{name}.{base}:{port}/")
+                format!("https://{name}.{base}:{port}")
             }
             _ => {
                 let info = self

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod events;
 mod output;
+mod quickstart;
 mod secret;
 mod serve;
 mod topic;
@@ -27,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Play the flagship flow end to end on a throwaway server: expiring secret → event → webhook → rotation job.
+    Quickstart(quickstart::QuickstartArgs),
     /// Run the Herald server (zero configuration: ./herald-data, https://127.0.0.1:8443).
     #[command(
         after_help = "Environment (secrets are read only from the environment, never from flags):
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Quickstart(args) => quickstart::run(args).await,
             Command::Vault(cmd) => vault::run(cmd).await,
             Command::Secret(cmd) => secret::run(cmd).await,
             Command::Topic(cmd) => topic::run_topic(cmd).await,

@@ -32,6 +32,30 @@ pub struct ClientConfig {
     pub max_response_bytes: usize,
     /// CAs trusted in addition to the built-in web PKI roots.
     pub extra_roots: Vec<reqwest::Certificate>,
+    /// Herald's own webhooks: reached directly, past the guard.
+    pub internal: Option<InternalTarget>,
+}
+
+/// This server's own endpoints (Automation webhooks). Deliveries to them are
+/// sent to the local listener, trusting the server's CA; the guard would
+/// otherwise refuse loopback, and the public name may not resolve here.
+#[derive(Debug, Clone)]
+pub struct InternalTarget {
+    /// URL prefixes such as `https://localhost:8443/webhooks`.
+    pub prefixes: Vec<String>,
+    /// Where this server listens.
+    pub local_addr: SocketAddr,
+    /// The CA of the server's certificate.
+    pub ca: Option<reqwest::Certificate>,
+}
+
+impl InternalTarget {
+    fn matches(&self, url: &str) -> bool {
+        self.prefixes.iter().any(|p| {
+            url.strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
+        })
+    }
 }
 
 impl Default for ClientConfig {
@@ -41,6 +65,7 @@ impl Default for ClientConfig {
             timeout: Duration::from_secs(30),
             max_response_bytes: 64 * 1024,
             extra_roots: Vec::new(),
+            internal: None,
         }
     }
 }
@@ -137,6 +162,7 @@ pub struct DeliveryClient {
 
 struct Inner {
     client: reqwest::Client,
+    internal: Option<(InternalTarget, reqwest::Client)>,
     guard: Arc<Guard>,
     max_response_bytes: usize,
 }
@@ -171,9 +197,33 @@ impl DeliveryClient {
         let client = builder
             .build()
             .context("building the delivery HTTP client")?;
+        let internal = match cfg.internal {
+            Some(t) => {
+                let mut b = reqwest::Client::builder()
+                    .use_rustls_tls()
+                    .no_proxy()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .timeout(cfg.timeout)
+                    .tcp_nodelay(true);
+                for p in &t.prefixes {
+                    if let Some(host) = Url::parse(p)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_owned))
+                    {
+                        b = b.resolve(&host, t.local_addr);
+                    }
+                }
+                if let Some(ca) = &t.ca {
+                    b = b.add_root_certificate(ca.clone());
+                }
+                Some((t, b.build().context("building the internal HTTP client")?))
+            }
+            None => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
+                internal,
                 guard,
                 max_response_bytes: cfg.max_response_bytes,
             }),
@@ -183,7 +233,15 @@ impl DeliveryClient {
     /// Validates a webhook URL up front (subscription create/update): http or
     /// https only, no userinfo, literal IPs checked against the guard.
     pub fn check_target(&self, url: &str) -> Result<(), TargetError> {
+        if self.internal_client(url).is_some() {
+            return Ok(());
+        }
         self.parse_target(url).map(|_| ())
+    }
+
+    fn internal_client(&self, url: &str) -> Option<&reqwest::Client> {
+        let (target, client) = self.inner.internal.as_ref()?;
+        target.matches(url).then_some(client)
     }
 
     /// Sends one request (POST deliveries, OPTIONS handshake, GET) and never
@@ -196,8 +254,24 @@ impl DeliveryClient {
         body: Bytes,
     ) -> Outcome {
         let started = Instant::now();
+        if let Some(client) = self.internal_client(url) {
+            return match Url::parse(url) {
+                Ok(u) => {
+                    self.dispatch(client, method, u, headers, body, started)
+                        .await
+                }
+                Err(e) => Outcome::Failed {
+                    kind: FailureKind::Other,
+                    message: e.to_string(),
+                    latency: started.elapsed(),
+                },
+            };
+        }
         match self.parse_target(url) {
-            Ok(url) => self.dispatch(method, url, headers, body, started).await,
+            Ok(url) => {
+                self.dispatch(&self.inner.client, method, url, headers, body, started)
+                    .await
+            }
             Err(e) => Outcome::Failed {
                 kind: e.kind(),
                 message: e.to_string(),
@@ -244,6 +318,7 @@ impl DeliveryClient {
 
     async fn dispatch(
         &self,
+        client: &reqwest::Client,
         method: Method,
         url: Url,
         headers: &[(String, String)],
@@ -269,7 +344,7 @@ impl DeliveryClient {
             };
             map.append(name, value);
         }
-        let mut request = self.inner.client.request(method, url).headers(map);
+        let mut request = client.request(method, url).headers(map);
         if !body.is_empty() {
             request = request.body(body);
         }
@@ -870,7 +945,14 @@ mod tests {
         // Past check_target, the resolver itself refuses the name.
         let url = Url::parse(&format!("http://localhost:{}/echo", addr.port())).unwrap();
         let outcome = client
-            .dispatch(Method::POST, url, &[], Bytes::new(), Instant::now())
+            .dispatch(
+                &client.inner.client,
+                Method::POST,
+                url,
+                &[],
+                Bytes::new(),
+                Instant::now(),
+            )
             .await;
         match outcome {
             Outcome::Failed { kind, message, .. } => {

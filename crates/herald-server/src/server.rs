@@ -114,9 +114,24 @@ impl Server {
             .iter()
             .filter_map(|c| c.parse().ok())
             .collect();
+        // Our own webhooks are delivered to this listener, trusting our CA.
+        let own_ca = ca_path
+            .as_ref()
+            .or(config.tls_cert.as_ref())
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok());
         let client =
             herald_delivery::http::DeliveryClient::new(herald_delivery::http::ClientConfig {
                 allowed_cidrs: allowed,
+                internal: Some(herald_delivery::http::InternalTarget {
+                    prefixes: vec![format!("{public_url}/webhooks")],
+                    local_addr: if addr.ip().is_unspecified() {
+                        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+                    } else {
+                        addr
+                    },
+                    ca: own_ca,
+                }),
                 ..Default::default()
             })?;
         let delivery = herald_delivery::Delivery::new(
