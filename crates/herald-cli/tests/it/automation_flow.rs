@@ -1,0 +1,1 @@
+//! Automation end-to-end tests (being written).
