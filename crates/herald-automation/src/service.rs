@@ -394,6 +394,9 @@ impl AutomationService {
         run_on: Option<&str>,
         started_by: &str,
     ) -> Result<String> {
+        if let Some(group) = run_on.filter(|g| !g.is_empty()) {
+            parse_name("worker group", group)?;
+        }
         let rb = self.runbook(name).await?;
         let (version, decls) = self.published(&rb).await?;
         let (plain, secure) = bind_params(&decls, params)?;
@@ -1044,6 +1047,7 @@ impl AutomationService {
                 other => other.to_string(),
             })
             .filter(|s| s.len() >= 3)
+            .flat_map(|s| mask_forms(&s))
             .collect();
         let token = herald_core::new_token("hjt");
         let expires = now_ms() + (settings.timeout_seconds as i64 + 300) * 1000;
@@ -1295,10 +1299,12 @@ impl AutomationService {
         }
         let mut map = self.inner.masks.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.entry(job_id.to_owned()).or_default();
-        if !list.iter().any(|v| v == value) && list.len() < 1000 {
-            list.push(value.to_owned());
-            list.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for form in mask_forms(value) {
+            if !list.contains(&form) && list.len() < 1000 {
+                list.push(form);
+            }
         }
+        list.sort_by_key(|v| std::cmp::Reverse(v.len()));
     }
 
     // ---- assets ----
@@ -1412,6 +1418,19 @@ fn asset_key(kind: &str, name: &str) -> String {
 
 fn internal(e: impl std::fmt::Display) -> AutomationError {
     AutomationError::Internal(e.to_string())
+}
+
+/// A secret as it may appear in output: raw, and JSON-escaped (jobs get
+/// their inputs as JSON, so printing them shows the escaped form).
+pub fn mask_forms(value: &str) -> Vec<String> {
+    let mut forms = vec![value.to_owned()];
+    if let Ok(quoted) = serde_json::to_string(value) {
+        let escaped = quoted[1..quoted.len() - 1].to_owned();
+        if escaped != value {
+            forms.push(escaped);
+        }
+    }
+    forms
 }
 
 /// Replaces every mask value in `text`.

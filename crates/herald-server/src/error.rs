@@ -213,3 +213,58 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ApiError::bad_parameter(format!("The request body {what}: {detail}"))
     })
 }
+
+/// Path parameters with Azure-shaped errors (a bad segment is a 400).
+pub struct AzPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for AzPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| AzPath(v))
+            .map_err(|_| {
+                ApiError::bad_parameter("A path segment is not valid; names are UTF-8 text.")
+            })
+    }
+}
+
+/// Query parameters with Azure-shaped errors.
+pub struct AzQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for AzQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| AzQuery(v))
+            .map_err(|e| {
+                ApiError::bad_parameter(format!(
+                    "A query parameter is not valid: {}",
+                    e.body_text()
+                ))
+            })
+    }
+}
+
+/// A raw body with Azure-shaped errors (413 past the limit).
+pub struct AzBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for AzBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(AzBytes)
+            .map_err(body_rejection)
+    }
+}

@@ -4,8 +4,9 @@
 //! Azure docs map one to one.
 
 use crate::error::{ApiError, AzJson};
+use crate::error::{AzBytes, AzPath as Path, AzQuery as Query};
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -200,7 +201,7 @@ async fn get_content(
 async fn put_content(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    AzBytes(body): AzBytes,
 ) -> Result<Json<Value>, ApiError> {
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_parameter("Runbook content must be UTF-8 text."))?;
@@ -220,7 +221,7 @@ async fn publish(
 async fn start(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    body: axum::body::Bytes,
+    AzBytes(body): AzBytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let body = if body.is_empty() {
         Map::new()
@@ -232,7 +233,15 @@ async fn start(
         Some(Value::Object(m)) => m.clone(),
         Some(_) => return Err(ApiError::bad_parameter("'parameters' must be an object.")),
     };
-    let run_on = body.get("runOn").and_then(Value::as_str);
+    let run_on = match body.get("runOn") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => {
+            return Err(ApiError::bad_parameter(
+                "'runOn' must be a worker group name.",
+            ));
+        }
+    };
     let id = st
         .automation
         .start_runbook(&name, &params, run_on, "admin")

@@ -1,9 +1,10 @@
 //! Management API for topics and event subscriptions:
 //! `/api/v1/topics[/{topic}[/eventSubscriptions[/{name}]]]`.
 
+use crate::error::AzPath as Path;
 use crate::error::{ApiError, AzJson};
 use crate::state::AppState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};

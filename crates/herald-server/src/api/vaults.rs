@@ -1,8 +1,9 @@
 //! Management API for vaults: `/api/v1/vaults`.
 
+use crate::error::AzPath as Path;
 use crate::error::{ApiError, AzJson};
 use crate::state::AppState;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
