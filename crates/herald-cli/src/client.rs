@@ -8,22 +8,67 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 /// How to reach a running server; shared by every client command.
+/// Flags win over `HERALD_*` variables, which win over `herald login`.
 #[derive(Args, Clone, Debug)]
 pub struct Conn {
-    /// Server address
-    #[arg(
-        long,
-        env = "HERALD_ADDR",
-        default_value = "https://127.0.0.1:8443",
-        global = true
-    )]
-    pub addr: String,
-    /// CA certificate to trust [default: ./herald-data/tls/ca.pem]
+    /// Server address [default: from `herald login`, else https://127.0.0.1:8443]
+    #[arg(long, env = "HERALD_ADDR", global = true)]
+    pub addr: Option<String>,
+    /// CA certificate to trust [default: from `herald login`, else ./herald-data/tls/ca.pem]
     #[arg(long, env = "HERALD_CACERT", global = true)]
     pub ca_cert: Option<PathBuf>,
     /// Print JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+/// What `herald login` stores (mode 0600): the address, token and CA.
+#[derive(serde::Serialize, serde::Deserialize, Default, Clone, Debug)]
+pub struct Login {
+    pub addr: String,
+    pub token: String,
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl Login {
+    pub fn path() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("HERALD_CONFIG_DIR") {
+            return Some(PathBuf::from(dir).join("login.json"));
+        }
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        Some(base.join("herald").join("login.json"))
+    }
+
+    pub fn load() -> Option<Self> {
+        let text = std::fs::read_to_string(Self::path()?).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn save(&self) -> anyhow::Result<PathBuf> {
+        let path = Self::path().context("no HOME or HERALD_CONFIG_DIR to store the login in")?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_json::to_vec_pretty(self)?;
+        write_private(&path, &text)?;
+        Ok(path)
+    }
+}
+
+/// Writes a file readable by its owner only (it holds a token).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
 pub struct Client {
@@ -33,20 +78,33 @@ pub struct Client {
     http: reqwest::Client,
 }
 
-fn token_from_env() -> anyhow::Result<String> {
+fn token_from_env(login: Option<&Login>) -> anyhow::Result<String> {
     std::env::var("HERALD_TOKEN")
         .or_else(|_| std::env::var("HERALD_ADMIN_TOKEN"))
-        .map_err(|_| {
-            anyhow!("no token: export HERALD_TOKEN=<the admin token `herald serve` printed at first start>")
+        .ok()
+        .or_else(|| login.map(|l| l.token.clone()))
+        .ok_or_else(|| {
+            anyhow!("no token: run `herald login`, or export HERALD_TOKEN=<the admin token `herald serve` printed at first start>")
         })
 }
 
 impl Client {
     pub fn new(conn: &Conn) -> anyhow::Result<Self> {
-        let token = token_from_env()?;
+        let login = Login::load();
+        let token = token_from_env(login.as_ref())?;
+        Self::build(conn, login, token)
+    }
+
+    /// A client with an explicit token (checking a login before saving it).
+    pub fn with_token(conn: &Conn, token: &str) -> anyhow::Result<Self> {
+        Self::build(conn, None, token.to_owned())
+    }
+
+    fn build(conn: &Conn, login: Option<Login>, token: String) -> anyhow::Result<Self> {
         let ca_path = conn
             .ca_cert
             .clone()
+            .or_else(|| login.as_ref().and_then(|l| l.ca_cert.clone()))
             .or_else(|| Some(PathBuf::from("herald-data/tls/ca.pem")).filter(|p| p.exists()));
         let ca = match &ca_path {
             Some(p) => Some(
@@ -58,9 +116,14 @@ impl Client {
             ),
             None => None,
         };
+        let addr = conn
+            .addr
+            .clone()
+            .or_else(|| login.map(|l| l.addr))
+            .unwrap_or_else(|| "https://127.0.0.1:8443".to_owned());
         let http = builder(&ca).build()?;
         Ok(Self {
-            addr: conn.addr.trim_end_matches('/').to_owned(),
+            addr: addr.trim_end_matches('/').to_owned(),
             token,
             ca,
             http,

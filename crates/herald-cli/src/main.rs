@@ -8,6 +8,7 @@ mod output;
 mod quickstart;
 mod secret;
 mod serve;
+mod status;
 mod topic;
 mod vault;
 mod worker;
@@ -44,6 +45,10 @@ enum Command {
 Config file (TOML, --config or ./herald.toml) keys are the flag names with underscores."
     )]
     Serve(serve::ServeArgs),
+    /// Overview of a running server: storage, vaults, topics, subscriptions, jobs.
+    Status(status::StatusArgs),
+    /// Store the server address, token and CA for later commands.
+    Login(status::LoginArgs),
     /// Manage vaults (create, list, show, delete).
     #[command(subcommand)]
     Vault(vault::VaultCmd),
@@ -98,6 +103,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
+            Command::Status(args) => status::status(args).await,
+            Command::Login(args) => status::login(args).await,
             Command::Vault(cmd) => vault::run(cmd).await,
             Command::Secret(cmd) => secret::run(cmd).await,
             Command::Topic(cmd) => topic::run_topic(cmd).await,

@@ -11,4 +11,5 @@ mod lifecycle;
 mod push_crash;
 mod router_api;
 mod security;
+mod tutorials;
 mod vault_api;

@@ -3,6 +3,7 @@
 pub mod automation;
 pub mod events;
 pub mod secrets;
+pub mod status;
 pub mod system;
 pub mod topics;
 pub mod vaults;
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1/vaults", vaults::router())
         .nest("/api/v1/topics", topics::router())
         .nest("/api/v1/automation", automation::router())
+        .nest("/api/v1/status", status::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::admin_auth,

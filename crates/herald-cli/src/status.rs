@@ -1,0 +1,180 @@
+//! `herald status` (an overview of a server) and `herald login` (store how
+//! to reach one).
+
+use crate::client::{Client, Conn, Login};
+use crate::output;
+use anyhow::{Context, bail};
+use clap::Args;
+use reqwest::Method;
+use serde_json::Value;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let c = Client::new(&args.conn)?;
+    let s = c.api(Method::GET, "/api/v1/status", None).await?;
+    if args.conn.json {
+        output::json(&s);
+        return Ok(());
+    }
+    let list = |v: &Value| -> String {
+        let items: Vec<String> = v
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(output::s)
+            .collect();
+        if items.is_empty() {
+            "-".into()
+        } else {
+            items.join(", ")
+        }
+    };
+    println!("Herald {} at {}", output::s(&s["version"]), c.addr());
+    output::table(
+        &["SERVER", ""],
+        vec![
+            vec!["Storage".into(), output::s(&s["storage"])],
+            vec!["Job sandbox".into(), output::s(&s["sandbox"])],
+            vec!["Vaults".into(), list(&s["vaults"])],
+            vec![
+                "Topics".into(),
+                s["topics"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|t| {
+                                format!("{} ({})", output::s(&t["name"]), output::s(&t["kind"]))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "-".into()),
+            ],
+            vec!["Runbooks".into(), output::s(&s["runbooks"])],
+            vec!["Webhooks".into(), output::s(&s["webhooks"])],
+            vec![
+                "Remote workers".into(),
+                s["remoteWorkers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|w| {
+                                format!("{} ({})", output::s(&w["id"]), output::s(&w["group"]))
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| "-".into()),
+            ],
+        ],
+    );
+    let subs = s["subscriptions"].as_array().cloned().unwrap_or_default();
+    if !subs.is_empty() {
+        println!("\nEvent subscriptions");
+        output::table(
+            &[
+                "TOPIC",
+                "SUBSCRIPTION",
+                "STATE",
+                "BACKLOG",
+                "DELIVERED",
+                "DEAD-LETTERED",
+            ],
+            subs.iter()
+                .map(|x| {
+                    vec![
+                        output::s(&x["topic"]),
+                        output::s(&x["name"]),
+                        output::s(&x["provisioningState"]),
+                        output::s(&x["backlog"]),
+                        output::s(&x["delivered"]),
+                        output::s(&x["deadLettered"]),
+                    ]
+                })
+                .collect(),
+        );
+    }
+    let jobs = s["jobs"].as_object().cloned().unwrap_or_default();
+    println!("\nJobs by status");
+    if jobs.is_empty() {
+        println!("  none yet");
+    } else {
+        output::table(
+            &["STATUS", "JOBS"],
+            jobs.iter()
+                .map(|(k, v)| vec![k.clone(), output::s(v)])
+                .collect(),
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// Server address, e.g. https://herald.example:8443
+    #[arg(long, env = "HERALD_ADDR", default_value = "https://127.0.0.1:8443")]
+    addr: String,
+    /// CA certificate to trust (kept by path)
+    #[arg(long, env = "HERALD_CACERT")]
+    ca_cert: Option<PathBuf>,
+    /// Read the token from stdin instead of HERALD_TOKEN or a prompt
+    #[arg(long)]
+    token_stdin: bool,
+}
+
+pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
+    let token = match std::env::var("HERALD_TOKEN") {
+        Ok(t) if !args.token_stdin => t,
+        _ => {
+            if !args.token_stdin {
+                eprintln!("admin token (printed by `herald serve` at first start), then Enter:");
+            }
+            let mut s = String::new();
+            std::io::stdin().read_line(&mut s)?;
+            s.trim().to_owned()
+        }
+    };
+    if token.is_empty() {
+        bail!("no token given");
+    }
+    let ca_cert = match &args.ca_cert {
+        Some(p) => {
+            Some(std::fs::canonicalize(p).with_context(|| format!("cannot find {}", p.display()))?)
+        }
+        None => std::fs::canonicalize("herald-data/tls/ca.pem").ok(),
+    };
+    let login = Login {
+        addr: args.addr.trim_end_matches('/').to_owned(),
+        token,
+        ca_cert,
+    };
+    // Check before storing, so a typo never becomes the default.
+    let conn = Conn {
+        addr: Some(login.addr.clone()),
+        ca_cert: login.ca_cert.clone(),
+        json: false,
+    };
+    let probe = Client::with_token(&conn, &login.token)?;
+    let s = probe
+        .api(Method::GET, "/api/v1/status", None)
+        .await
+        .context("the server refused the login; check the address, CA and token")?;
+    let path = login.save()?;
+    println!(
+        "Logged in to Herald {} at {} (storage {}). Saved to {} (mode 0600).",
+        output::s(&s["version"]),
+        login.addr,
+        output::s(&s["storage"]),
+        path.display()
+    );
+    Ok(())
+}

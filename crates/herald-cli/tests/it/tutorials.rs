@@ -1,0 +1,1 @@
+//! Tutorials as tests (being written).
