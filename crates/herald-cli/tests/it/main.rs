@@ -9,6 +9,7 @@ mod durability;
 mod helpers;
 mod lifecycle;
 mod push_crash;
+mod quickstart;
 mod router_api;
 mod security;
 mod tutorials;
