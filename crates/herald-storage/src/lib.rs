@@ -7,6 +7,10 @@
 //! the event announcing it commit together or not at all.
 
 mod automation;
+mod postgres;
+mod postgres_automation;
+mod postgres_router;
+mod postgres_vault;
 mod router;
 mod sqlite;
 mod sqlite_automation;
@@ -21,6 +25,7 @@ use herald_core::EventGridEvent;
 use herald_core::vault::VaultSettings;
 use std::sync::Arc;
 
+pub use postgres::PgStorage;
 pub use sqlite::SqliteStorage;
 
 /// Storage faults. `Conflict`-like outcomes are modelled in return types;
@@ -31,7 +36,7 @@ pub enum StorageError {
     Engine(#[from] sqlx::Error),
     #[error("storage migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("unsupported database URL '{0}': use sqlite://PATH")]
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
     #[error("write transaction failed to commit: {0}")]
     Commit(String),
@@ -159,8 +164,24 @@ pub struct LoggedEvent {
     pub event: EventGridEvent,
 }
 
+/// Held while this node runs a singleton duty; dropping it lets another
+/// node take the duty over.
+pub struct SingletonGuard(pub Box<dyn std::any::Any + Send + Sync>);
+
+/// What several nodes on one database need to share work.
+#[async_trait]
+pub trait Coordination: Send + Sync {
+    /// Takes the named singleton duty if no live node holds it.
+    async fn try_singleton(&self, name: &str) -> Result<Option<SingletonGuard>>;
+    /// Wake-up hints from other nodes (`job:<group>`, `topic:<id>`); `None`
+    /// on a single-node engine, where in-process signals suffice.
+    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<String>>;
+}
+
 /// A storage engine: every domain's store, behind one object.
-pub trait Storage: VaultStore + RouterStore + AutomationStore + Send + Sync + 'static {
+pub trait Storage:
+    VaultStore + RouterStore + AutomationStore + Coordination + Send + Sync + 'static
+{
     /// Short engine name for logs and `herald status`.
     fn engine(&self) -> &'static str;
 }
@@ -297,6 +318,11 @@ pub trait VaultStore: Send + Sync {
 pub async fn open(url: &str, durability: Durability) -> Result<Arc<dyn Storage>> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         return Ok(Arc::new(SqliteStorage::open(path, durability).await?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        // Enabled once all three PostgreSQL stores are implemented.
+        let _ = PgStorage::open;
+        return Err(StorageError::UnsupportedUrl(url.to_owned()));
     }
     Err(StorageError::UnsupportedUrl(url.to_owned()))
 }

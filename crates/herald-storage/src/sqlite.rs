@@ -973,3 +973,16 @@ impl VaultStore for SqliteStorage {
             .collect()
     }
 }
+
+/// One node owns the embedded database, so every singleton duty is ours
+/// and in-process signals are all the wake-ups there are.
+#[async_trait]
+impl Coordination for SqliteStorage {
+    async fn try_singleton(&self, _name: &str) -> Result<Option<SingletonGuard>> {
+        Ok(Some(SingletonGuard(Box::new(()))))
+    }
+
+    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
+}

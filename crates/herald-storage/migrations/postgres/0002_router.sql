@@ -1,0 +1,1 @@
+-- 0002_router (being written)

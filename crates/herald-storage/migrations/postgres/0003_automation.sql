@@ -1,0 +1,1 @@
+-- 0003_automation (being written)

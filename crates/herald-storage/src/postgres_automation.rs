@@ -1,0 +1,1 @@
+//! PostgreSQL: the automation store (being written).

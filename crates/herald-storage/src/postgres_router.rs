@@ -1,0 +1,1 @@
+//! PostgreSQL: the router store (being written).

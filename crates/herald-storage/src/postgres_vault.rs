@@ -1,0 +1,1 @@
+//! PostgreSQL: the vault store (being written).
