@@ -225,6 +225,11 @@ impl AutomationService {
         map.entry(group.to_owned()).or_default().clone()
     }
 
+    /// Wakes idle workers of `group` (a job was queued here or elsewhere).
+    pub fn wake_group(&self, group: &str) {
+        self.wake(group);
+    }
+
     fn wake(&self, group: &str) {
         self.queue_signal(group).notify_waiters();
         self.queue_signal(group).notify_one();

@@ -67,6 +67,8 @@ impl Delivery {
     /// when the subscription goes away.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut workers: HashMap<String, (i64, CancellationToken)> = HashMap::new();
+        // Subscriptions another node delivers, and when we last asked.
+        let mut elsewhere: HashMap<String, Instant> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         let mut last_prune = Instant::now();
         loop {
@@ -99,6 +101,30 @@ impl Delivery {
                 if let Some((_, old)) = workers.remove(&record.id) {
                     old.cancel();
                 }
+                if elsewhere
+                    .get(&record.id)
+                    .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
+                {
+                    continue;
+                }
+                // One node delivers a subscription at a time; the lock dies
+                // with its holder, and another node takes over here.
+                let guard = match self
+                    .storage
+                    .try_singleton(&format!("delivery:{}", record.id))
+                    .await
+                {
+                    Ok(Some(g)) => g,
+                    Ok(None) => {
+                        elsewhere.insert(record.id.clone(), Instant::now());
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot take a subscription's delivery lock; will retry");
+                        continue;
+                    }
+                };
+                elsewhere.remove(&record.id);
                 let Some((topic, sub)) = self
                     .router
                     .subscription_by_id(&record.id)
@@ -110,7 +136,11 @@ impl Delivery {
                 };
                 let stop = shutdown.child_token();
                 workers.insert(record.id.clone(), (record.updated, stop.clone()));
-                tokio::spawn(self.clone().worker(topic, sub, stop));
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.worker(topic, sub, stop).await;
+                    drop(guard);
+                });
             }
             workers.retain(|id, (_, stop)| {
                 let keep = live.contains(id);

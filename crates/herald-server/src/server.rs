@@ -215,11 +215,32 @@ impl Server {
             tls,
             info,
         } = self;
-        let lifecycle = tokio::spawn(state.vault.clone().run_lifecycle(
-            Duration::from_millis(state.config.lifecycle_interval_ms),
+        // Singleton duties: on several nodes, exactly one runs each at a time.
+        let lifecycle = {
+            let vault = state.vault.clone();
+            let every = Duration::from_millis(state.config.lifecycle_interval_ms);
+            tokio::spawn(as_singleton(
+                state.storage.clone(),
+                "vault-lifecycle",
+                shutdown.clone(),
+                move |stop| vault.clone().run_lifecycle(every, stop),
+            ))
+        };
+        let sweeper = {
+            let router = state.router.clone();
+            tokio::spawn(as_singleton(
+                state.storage.clone(),
+                "router-duties",
+                shutdown.clone(),
+                move |stop| run_router_duties(router.clone(), stop),
+            ))
+        };
+        tokio::spawn(run_wakeups(
+            state.storage.clone(),
+            state.router.clone(),
+            state.automation.clone(),
             shutdown.clone(),
         ));
-        let sweeper = tokio::spawn(run_router_duties(state.router.clone(), shutdown.clone()));
         let dispatcher = tokio::spawn(state.delivery.clone().run(shutdown.clone()));
         {
             let inner = state.shutdown.clone();
@@ -229,7 +250,15 @@ impl Server {
                 inner.cancel();
             });
         }
-        let duties = tokio::spawn(state.automation.clone().run_duties(shutdown.clone()));
+        let duties = {
+            let automation = state.automation.clone();
+            tokio::spawn(as_singleton(
+                state.storage.clone(),
+                "automation-duties",
+                shutdown.clone(),
+                move |stop| automation.clone().run_duties(stop),
+            ))
+        };
         if state.config.automation_slots > 0 {
             let host = std::sync::Arc::new(herald_automation::worker::LocalHost {
                 service: state.automation.clone(),
@@ -366,6 +395,72 @@ impl herald_delivery::SecretResolver for VaultResolver {
 }
 
 /// Router housekeeping: expired subscriptions are deleted, as in Event Grid.
+/// Runs `duty` only while this node holds the named singleton; another node
+/// takes over within seconds when the holder dies (its lock dies with its
+/// database connection).
+async fn as_singleton<F, Fut>(
+    storage: Arc<dyn herald_storage::Storage>,
+    name: &'static str,
+    shutdown: CancellationToken,
+    duty: F,
+) where
+    F: Fn(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut waiting_logged = false;
+    loop {
+        match storage.try_singleton(name).await {
+            Ok(Some(guard)) => {
+                if storage.engine() != "sqlite" {
+                    tracing::info!(duty = name, "this node now runs the singleton duty");
+                }
+                duty(shutdown.clone()).await;
+                drop(guard);
+                return;
+            }
+            Ok(None) if !waiting_logged => {
+                tracing::info!(duty = name, "another node runs this duty; standing by");
+                waiting_logged = true;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(duty = name, error = %e, "cannot take the singleton lock; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// Turns other nodes' NOTIFY hints into local wake-ups.
+async fn run_wakeups(
+    storage: Arc<dyn herald_storage::Storage>,
+    router: herald_router::RouterService,
+    automation: herald_automation::AutomationService,
+    shutdown: CancellationToken,
+) {
+    let Some(mut rx) = storage.wakeups() else {
+        return;
+    };
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = rx.recv() => m,
+        };
+        match msg {
+            Ok(p) => {
+                if let Some(topic) = p.strip_prefix("topic:") {
+                    router.waker(topic).notify_waiters();
+                } else if let Some(group) = p.strip_prefix("job:") {
+                    automation.wake_group(group);
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 async fn run_router_duties(router: herald_router::RouterService, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
