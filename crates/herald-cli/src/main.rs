@@ -4,6 +4,7 @@ mod automation;
 mod bench;
 mod client;
 mod events;
+mod migrate;
 mod output;
 mod quickstart;
 mod secret;
@@ -49,6 +50,8 @@ Config file (TOML, --config or ./herald.toml) keys are the flag names with under
     Status(status::StatusArgs),
     /// Store the server address, token and CA for later commands.
     Login(status::LoginArgs),
+    /// Copy an embedded installation (data dir) into an empty PostgreSQL database.
+    Migrate(migrate::MigrateArgs),
     /// Manage vaults (create, list, show, delete).
     #[command(subcommand)]
     Vault(vault::VaultCmd),
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Quickstart(args) => quickstart::run(args).await,
             Command::Status(args) => status::status(args).await,
+            Command::Migrate(args) => migrate::run(args).await,
             Command::Login(args) => status::login(args).await,
             Command::Vault(cmd) => vault::run(cmd).await,
             Command::Secret(cmd) => secret::run(cmd).await,

@@ -14,7 +14,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address of the HTTPS listener.
     pub listen: SocketAddr,
-    /// Storage URL; empty means embedded SQLite in the data dir.
+    /// Storage URL: empty means embedded SQLite in the data dir; postgres://USER@HOST/DB
+    /// shares one PostgreSQL among several nodes (add ?sslmode=require for TLS).
     pub database: Option<String>,
     /// `normal` survives a process crash; `full` also fsyncs every commit.
     pub durability: String,
@@ -216,10 +217,12 @@ impl Config {
             return bad("admin_token (HERALD_ADMIN_TOKEN) must be at least 16 characters".into());
         }
         if let Some(db) = &self.database
-            && !db.starts_with("sqlite://")
+            && !["sqlite://", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| db.starts_with(p))
         {
             return bad(format!(
-                "database '{db}' is not supported by this build: use sqlite://PATH (PostgreSQL support is planned)"
+                "database '{db}' is not supported: use sqlite://PATH or postgres://USER@HOST:5432/DB"
             ));
         }
         Ok(())

@@ -7,6 +7,7 @@
 //! the event announcing it commit together or not at all.
 
 mod automation;
+pub mod copy;
 mod postgres;
 mod postgres_automation;
 mod postgres_router;

@@ -179,6 +179,8 @@ pub struct TestApp {
     serving: Option<JoinHandle<anyhow::Result<()>>>,
     storage: tokio::sync::OnceCell<Arc<dyn Storage>>,
     tweak: Option<ConfigTweak>,
+    /// The test's own PostgreSQL database, when the suite runs on PostgreSQL.
+    pub database: Option<String>,
 }
 
 struct Booted {
@@ -190,12 +192,42 @@ struct Booted {
 /// Changes made to a test server's [`Config`] before it boots (and reboots).
 pub type ConfigTweak = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
-async fn boot(data_dir: &Path, listener: TcpListener, tweak: Option<&ConfigTweak>) -> Booted {
+/// The PostgreSQL server the suite also runs on: HERALD_TEST_DATABASE_URL.
+/// Unset, the suite runs on the embedded SQLite only.
+pub fn pg_admin_url() -> Option<String> {
+    std::env::var("HERALD_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A fresh PostgreSQL database per test, so tests never share state.
+pub async fn fresh_database() -> Option<String> {
+    use sqlx::Connection;
+    let admin = pg_admin_url()?;
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("HERALD_TEST_DATABASE_URL={admin} is set but PostgreSQL is unreachable: {e}"));
+    let name = format!("herald_it_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    Some(format!("{base}/{name}"))
+}
+
+async fn boot(
+    data_dir: &Path,
+    listener: TcpListener,
+    tweak: Option<&ConfigTweak>,
+    database: Option<&str>,
+) -> Booted {
     let mut config = Config {
         data_dir: data_dir.to_path_buf(),
         listen: listener.local_addr().expect("bound address"),
         admin_token: Some(TOKEN.into()),
         lifecycle_interval_ms: 200,
+        database: database.map(str::to_owned),
         ..Default::default()
     };
     if let Some(t) = tweak {
@@ -227,7 +259,8 @@ pub async fn spawn_app_with(tweak: impl Fn(&mut Config) + Send + Sync + 'static)
 async fn spawn(tweak: Option<ConfigTweak>) -> TestApp {
     let dir = tempfile::tempdir().expect("temp data dir");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a port");
-    let b = boot(dir.path(), listener, tweak.as_ref()).await;
+    let database = fresh_database().await;
+    let b = boot(dir.path(), listener, tweak.as_ref(), database.as_deref()).await;
     let ca_path = b.info.ca_path.clone().expect("a generated CA");
     TestApp {
         addr: b.info.addr,
@@ -241,6 +274,7 @@ async fn spawn(tweak: Option<ConfigTweak>) -> TestApp {
         serving: Some(b.serving),
         storage: tokio::sync::OnceCell::new(),
         tweak,
+        database,
     }
 }
 
@@ -277,7 +311,13 @@ impl TestApp {
                 }
             }
         };
-        let b = boot(self.data_dir.path(), listener, self.tweak.as_ref()).await;
+        let b = boot(
+            self.data_dir.path(),
+            listener,
+            self.tweak.as_ref(),
+            self.database.as_deref(),
+        )
+        .await;
         assert_eq!(b.info.tenant_id, self.tenant, "tenant survives a restart");
         self.shutdown = b.shutdown;
         self.serving = Some(b.serving);
@@ -391,7 +431,9 @@ impl TestApp {
     pub async fn storage(&self) -> Arc<dyn Storage> {
         self.storage
             .get_or_init(|| async {
-                let url = format!("sqlite://{}/herald.db", self.data_dir.path().display());
+                let url = self.database.clone().unwrap_or_else(|| {
+                    format!("sqlite://{}/herald.db", self.data_dir.path().display())
+                });
                 herald_storage::open(&url, Durability::Normal)
                     .await
                     .expect("open the server's database")

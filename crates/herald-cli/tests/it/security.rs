@@ -579,6 +579,12 @@ fn assert_no_plaintext(dir: &Path, needles: &[&str]) -> usize {
         files.iter().any(|f| f.ends_with("herald.db")),
         "scanned the database: {files:?}"
     );
+    assert_no_plaintext_files(dir, needles)
+}
+
+/// Every file under `dir` (TLS material, keys, dead letters) is free of `needles`.
+fn assert_no_plaintext_files(dir: &Path, needles: &[&str]) -> usize {
+    let files = files_under(dir);
     for f in &files {
         let bytes = std::fs::read(f).expect("read data file");
         for n in needles {
@@ -598,6 +604,32 @@ async fn no_plaintext_value_or_token_in_the_data_dir() {
     let origin = app.vault_origin(DEFAULT);
     exercise_with_canary(&app.client, &origin, TOKEN).await;
     let needles = [CANARY, TOKEN, "hrd_wrong-canary-token-31337-31337"];
+    if let Some(url) = app.database.clone() {
+        // On PostgreSQL: every row of every table, as text.
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("list tables");
+        assert!(tables.len() > 5, "scanned the database: {tables:?}");
+        for t in tables {
+            let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM \"{t}\" t"))
+                .fetch_all(&mut conn)
+                .await
+                .expect("read table");
+            for row in rows {
+                for n in &needles {
+                    assert!(!row.contains(n), "{n:?} found in plaintext in table {t}");
+                }
+            }
+        }
+        assert_no_plaintext_files(app.data_dir.path(), &needles);
+        app.stop().await;
+        return;
+    }
     // While running: the WAL and shared-memory files hold the latest writes.
     let files = files_under(app.data_dir.path());
     assert!(
