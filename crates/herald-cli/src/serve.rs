@@ -80,6 +80,26 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_url: Option<String>,
+    /// Jobs the built-in worker pool runs at once; 0 turns it off [default: 8]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub automation_slots: Option<usize>,
+    /// Job sandbox: auto, bwrap, unshare, rlimits or none [default: auto]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// Seconds a job lease lasts without a worker heartbeat [default: 30]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub automation_lease_secs: Option<u64>,
+    /// Days finished jobs are kept [default: 30]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_retention_days: Option<u64>,
+    /// The herald binary runbooks call [default: this executable]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub herald_bin: Option<PathBuf>,
     /// Log format: text or json [default: text]; level via RUST_LOG
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
