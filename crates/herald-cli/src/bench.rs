@@ -68,12 +68,19 @@ pub struct BenchArgs {
     /// Events queued (and then drained) per run of the pull scenario
     #[arg(long, default_value_t = 100_000)]
     backlog: u64,
+    /// Storage URL [default: SQLite in a temp dir]; postgres://... benchmarks PostgreSQL
+    #[arg(long)]
+    database: Option<String>,
+    /// Herald nodes sharing the database (PostgreSQL only); connections are spread over them
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
 const TOKEN: &str = "hrd_bench_token_0123456789abcdef";
 
 pub(crate) struct Target {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
+    next: AtomicU64,
     host: String,
     tls: TlsConnector,
 }
@@ -85,28 +92,61 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         crate::serve::init_logging("text");
     }
-    let dir = tempfile::tempdir()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let config = herald_server::Config {
-        data_dir: dir.path().to_path_buf(),
-        listen: listener.local_addr()?,
-        admin_token: Some(TOKEN.into()),
-        delivery_allowed_cidrs: vec!["127.0.0.0/8".into()],
-        ..Default::default()
+    if args.nodes > 1
+        && !args
+            .database
+            .as_deref()
+            .is_some_and(|d| d.starts_with("postgres"))
+    {
+        return Err(anyhow!("--nodes > 1 needs --database postgres://..."));
+    }
+    // Nodes of one database share the master key, as in production.
+    let master_key = {
+        use base64::Engine;
+        let mut k = [0u8; 32];
+        for (i, b) in uuid::Uuid::new_v4()
+            .as_bytes()
+            .iter()
+            .chain(uuid::Uuid::new_v4().as_bytes())
+            .enumerate()
+        {
+            k[i] = *b;
+        }
+        base64::engine::general_purpose::STANDARD.encode(k)
     };
-    let server = herald_server::Server::build(config, listener).await?;
-    let info = server.info.clone();
+    let mut dirs = Vec::new();
+    let mut infos = Vec::new();
     let shutdown = CancellationToken::new();
-    let serving = tokio::spawn(server.serve(shutdown.clone()));
+    let mut servings = Vec::new();
+    for _ in 0..args.nodes.max(1) {
+        let dir = tempfile::tempdir()?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let config = herald_server::Config {
+            data_dir: dir.path().to_path_buf(),
+            listen: listener.local_addr()?,
+            admin_token: Some(TOKEN.into()),
+            master_key: Some(master_key.clone()),
+            database: args.database.clone(),
+            delivery_allowed_cidrs: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        };
+        let server = herald_server::Server::build(config, listener).await?;
+        infos.push(server.info.clone());
+        servings.push(tokio::spawn(server.serve(shutdown.clone())));
+        dirs.push(dir);
+    }
+    let info = infos[0].clone();
 
-    let ca = info
-        .ca_path
-        .clone()
-        .ok_or_else(|| anyhow!("bench needs the generated CA"))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(&ca)?)) {
-        let cert: CertificateDer<'static> = cert?;
-        roots.add(cert)?;
+    for i in &infos {
+        let ca = i
+            .ca_path
+            .clone()
+            .ok_or_else(|| anyhow!("bench needs the generated CA"))?;
+        for cert in rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(&ca)?)) {
+            let cert: CertificateDer<'static> = cert?;
+            roots.add(cert)?;
+        }
     }
     let client = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -115,14 +155,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     let target = Arc::new(Target {
-        addr: info.addr,
+        addrs: infos.iter().map(|i| i.addr).collect(),
+        next: AtomicU64::new(0),
         host: "localhost".into(),
         tls: TlsConnector::from(Arc::new(client)),
     });
 
     println!(
-        "herald bench: {} connections, {} runs x {:.1}s, server in-process on {} (storage: {})",
-        args.connections, args.runs, args.seconds, info.addr, info.storage
+        "herald bench: {} connections, {} runs x {:.1}s, {} node(s) in-process from {} (storage: {})",
+        args.connections,
+        args.runs,
+        args.seconds,
+        infos.len(),
+        info.addr,
+        info.storage
     );
     for scenario in &args.scenarios {
         if *scenario == Scenario::Publish {
@@ -206,7 +252,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         report(&format!("{scenario:?}"), &rates, "req/s");
     }
     shutdown.cancel();
-    let _ = serving.await;
+    for s in servings {
+        let _ = s.await;
+    }
+    drop(dirs);
     Ok(())
 }
 
@@ -395,7 +444,9 @@ pub(crate) fn report(name: &str, rates: &[f64], unit: &str) {
 pub(crate) async fn connect(
     t: &Target,
 ) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
-    let tcp = tokio::net::TcpStream::connect(t.addr).await?;
+    // Connections are spread over the nodes, as a load balancer would.
+    let i = t.next.fetch_add(1, Ordering::Relaxed) as usize % t.addrs.len();
+    let tcp = tokio::net::TcpStream::connect(t.addrs[i]).await?;
     tcp.set_nodelay(true)?;
     let tls = t
         .tls
@@ -415,7 +466,7 @@ pub(crate) fn request(
     Ok(Request::builder()
         .method(method)
         .uri(path)
-        .header(http::header::HOST, format!("{}:{}", t.host, t.addr.port()))
+        .header(http::header::HOST, format!("{}:{}", t.host, t.addrs[0].port()))
         .header(http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))?)
