@@ -192,22 +192,6 @@ pub async fn sqlite_to_postgres(
             done += rows.len() as u64;
             progress(&table, done, total);
         }
-        // Serial columns continue after the copied ids.
-        let serials: Vec<String> = sqlx::query_scalar(
-            "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() \
-             AND table_name = $1 AND (column_default LIKE 'nextval%' OR is_identity = 'YES')",
-        )
-        .bind(&table)
-        .fetch_all(&mut *tx)
-        .await?;
-        for col in serials {
-            sqlx::query(&format!(
-                "SELECT setval(pg_get_serial_sequence('\"{table}\"', '{col}'), \
-                 GREATEST((SELECT COALESCE(MAX(\"{col}\"), 0) FROM \"{table}\"), 1))"
-            ))
-            .execute(&mut *tx)
-            .await?;
-        }
         let landed: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM \"{table}\""))
             .fetch_one(&mut *tx)
             .await?;
@@ -220,6 +204,25 @@ pub async fn sqlite_to_postgres(
             table,
             rows: expected,
         });
+    }
+    // Every sequence owned by a column (identity, serial, event_log's)
+    // continues after the copied values.
+    let owned: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT s.relname::text, t.relname::text, a.attname::text FROM pg_class s \
+         JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass \
+         JOIN pg_class t ON t.oid = d.refobjid \
+         JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid \
+         JOIN pg_namespace n ON n.oid = s.relnamespace \
+         WHERE s.relkind = 'S' AND n.nspname = current_schema()",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for (seq, table, col) in owned {
+        sqlx::query(&format!(
+            "SELECT setval('\"{seq}\"', GREATEST((SELECT COALESCE(MAX(\"{col}\"), 0) FROM \"{table}\"), 1))"
+        ))
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(copied)

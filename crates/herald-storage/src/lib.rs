@@ -321,9 +321,7 @@ pub async fn open(url: &str, durability: Durability) -> Result<Arc<dyn Storage>>
         return Ok(Arc::new(SqliteStorage::open(path, durability).await?));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        // Enabled once all three PostgreSQL stores are implemented.
-        let _ = PgStorage::open;
-        return Err(StorageError::UnsupportedUrl(url.to_owned()));
+        return Ok(Arc::new(PgStorage::open(url).await?));
     }
     Err(StorageError::UnsupportedUrl(url.to_owned()))
 }

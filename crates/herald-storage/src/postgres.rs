@@ -69,9 +69,6 @@ impl PgStorage {
                     }
                     Err(e) => tracing::debug!(error = %e, "LISTEN connection failed; retrying"),
                 }
-                if tx.receiver_count() == 0 && tx.len() == 0 {
-                    // Nobody listens (storage dropped); keep the loop cheap.
-                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
@@ -95,12 +92,11 @@ struct AdvisoryGuard {
     _conn: PgConnection,
 }
 
-// Enabled once all three stores are implemented (postgres_{vault,router,automation}.rs).
-// impl Storage for PgStorage {
-//     fn engine(&self) -> &'static str {
-//         "postgres"
-//     }
-// }
+impl Storage for PgStorage {
+    fn engine(&self) -> &'static str {
+        "postgres"
+    }
+}
 
 #[async_trait]
 impl Coordination for PgStorage {

@@ -108,12 +108,16 @@ CREATE SEQUENCE event_log_seq_seq AS BIGINT OWNED BY event_log.seq;
 -- transaction-scoped advisory lock on its topic and only then draws its
 -- seq; the lock is released after the commit is visible, so the next
 -- appender to that topic gets a larger seq and commits later. Appends to
--- different topics do not wait on each other. Inserts must not supply seq
--- (any supplied value is replaced); use `RETURNING seq` to learn it.
+-- different topics do not wait on each other. Inserts leave seq unset
+-- and use `RETURNING seq` to learn it.
 CREATE FUNCTION event_log_assign_seq() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('herald:event_log'), hashtext(NEW.topic_id));
-    NEW.seq := nextval('event_log_seq_seq');
+    -- `herald migrate` copies logs with their original numbers; everything
+    -- else leaves seq unset and draws the next one under the topic lock.
+    IF NEW.seq IS NULL THEN
+        NEW.seq := nextval('event_log_seq_seq');
+    END IF;
     RETURN NEW;
 END
 $$;
