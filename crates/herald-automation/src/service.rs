@@ -298,7 +298,7 @@ impl AutomationService {
 
     pub async fn runbook(&self, name: &str) -> Result<RunbookRecord> {
         self.store()
-            .runbook(&name.to_ascii_lowercase())
+            .runbook(&key_of("runbook", name)?)
             .await?
             .ok_or_else(|| not_found("runbook", name))
     }
@@ -358,7 +358,7 @@ impl AutomationService {
     pub async fn publish_runbook(&self, name: &str) -> Result<i64> {
         let v = self
             .store()
-            .publish_runbook(&name.to_ascii_lowercase(), now_ms())
+            .publish_runbook(&key_of("runbook", name)?, now_ms())
             .await?
             .ok_or_else(|| not_found("runbook", name))?;
         tracing::info!(runbook = %name, version = v, "runbook published");
@@ -382,7 +382,7 @@ impl AutomationService {
     pub async fn delete_runbook(&self, name: &str) -> Result<()> {
         if !self
             .store()
-            .delete_runbook(&name.to_ascii_lowercase())
+            .delete_runbook(&key_of("runbook", name)?)
             .await?
         {
             return Err(not_found("runbook", name));
@@ -631,7 +631,7 @@ impl AutomationService {
 
     pub async fn webhook(&self, name: &str) -> Result<WebhookRecord> {
         self.store()
-            .webhook(&name.to_ascii_lowercase())
+            .webhook(&key_of("webhook", name)?)
             .await?
             .ok_or_else(|| not_found("webhook", name))
     }
@@ -711,7 +711,7 @@ impl AutomationService {
     pub async fn delete_webhook(&self, name: &str) -> Result<()> {
         if !self
             .store()
-            .delete_webhook(&name.to_ascii_lowercase())
+            .delete_webhook(&key_of("webhook", name)?)
             .await?
         {
             return Err(not_found("webhook", name));
@@ -830,6 +830,9 @@ impl AutomationService {
     }
 
     pub async fn transitions(&self, id: &str) -> Result<Vec<JobTransition>> {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(not_found("job", id));
+        }
         Ok(self.store().job_transitions(id).await?)
     }
 
@@ -844,6 +847,9 @@ impl AutomationService {
         stream: Option<&str>,
         limit: i64,
     ) -> Result<Vec<StreamRecord>> {
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(not_found("job", id));
+        }
         Ok(self.store().read_records(id, after, stream, limit).await?)
     }
 
@@ -1113,7 +1119,8 @@ impl AutomationService {
                     seq: 0,
                     stream: stream.to_owned(),
                     time: r.time.unwrap_or(now),
-                    text: mask(&r.text, &masks),
+                    // NUL cannot be stored as text (PostgreSQL) and means nothing to readers.
+                    text: mask(&r.text, &masks).replace('\0', "\u{FFFD}"),
                     value: r.value.as_ref().map(|v| mask(&v.to_string(), &masks)),
                 }
             })
@@ -1326,6 +1333,11 @@ impl AutomationService {
         description: &str,
     ) -> Result<AssetRecord> {
         let name = parse_name(kind, name)?;
+        if username.is_some_and(|u| u.len() > 512 || u.contains('\0')) {
+            return Err(AutomationError::Invalid(
+                "a credential's user name is at most 512 characters, without NUL".into(),
+            ));
+        }
         if value.len() > 1_048_576 {
             return Err(AutomationError::Invalid(
                 "an asset value is limited to 1,048,576 characters".into(),
@@ -1363,6 +1375,14 @@ impl AutomationService {
     }
 
     pub async fn asset(&self, kind: &str, name: &str) -> Result<AssetRecord> {
+        key_of(
+            if kind == "credential" {
+                "credential"
+            } else {
+                "variable"
+            },
+            name,
+        )?;
         self.store()
             .asset(&asset_key(kind, name))
             .await?
@@ -1379,6 +1399,7 @@ impl AutomationService {
     }
 
     pub async fn delete_asset(&self, kind: &str, name: &str) -> Result<()> {
+        key_of("asset", name)?;
         if !self.store().delete_asset(&asset_key(kind, name)).await? {
             return Err(not_found("asset", name));
         }
@@ -1387,6 +1408,7 @@ impl AutomationService {
 
     /// An asset's value for a running job: audited and masked from then on.
     pub async fn asset_for_job(&self, job: &JobPrincipal, name: &str) -> Result<Value> {
+        key_of("asset", name)?;
         let (kind, rec) = match self.store().asset(&asset_key("credential", name)).await? {
             Some(r) => ("credential", r),
             None => ("variable", self.asset("variable", name).await?),
@@ -1415,6 +1437,23 @@ impl AutomationService {
 
 fn aad_webhook(name: &str) -> String {
     format!("webhook/{}", name.to_ascii_lowercase())
+}
+
+/// The lookup key of a name; a name that could never have been created is
+/// simply not found (and never reaches the database).
+fn key_of(what: &'static str, name: &str) -> Result<String> {
+    parse_name(what, name)
+        .map(|n| n.to_ascii_lowercase())
+        .map_err(|_| {
+            not_found(
+                what,
+                &name
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(80)
+                    .collect::<String>(),
+            )
+        })
 }
 
 fn asset_key(kind: &str, name: &str) -> String {
@@ -1452,6 +1491,9 @@ pub fn mask(text: &str, masks: &[String]) -> String {
 fn content_of(body: &Map<String, Value>) -> Result<Option<String>, Invalid> {
     match body.get("content").or_else(|| body.get("script")) {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.contains('\0') => Err(Invalid(
+            "runbook content must not contain NUL characters".into(),
+        )),
         Some(Value::String(s)) if s.len() <= MAX_CONTENT => Ok(Some(s.clone())),
         Some(Value::String(_)) => Err(Invalid("runbook content exceeds 1 MiB".into())),
         Some(_) => Err(Invalid("'content' must be a string".into())),
@@ -1461,7 +1503,7 @@ fn content_of(body: &Map<String, Value>) -> Result<Option<String>, Invalid> {
 fn description_of(body: &Map<String, Value>) -> Result<Option<String>, Invalid> {
     match body.get("description") {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.len() <= 512 => Ok(Some(s.clone())),
+        Some(Value::String(s)) if s.len() <= 512 && !s.contains('\0') => Ok(Some(s.clone())),
         Some(_) => Err(Invalid(
             "'description' must be a string of at most 512 characters".into(),
         )),

@@ -257,7 +257,7 @@ pub fn parse_publish(
         )));
     }
     let media = media_type(content_type);
-    match input {
+    let events = match input {
         InputSchemaKind::EventGridSchema => {
             reject_cloudevents_media(media.as_deref(), "EventGridSchema")?;
             parse_eventgrid(body_text(body)?, topic_id)
@@ -275,7 +275,17 @@ pub fn parse_publish(
         InputSchemaKind::CloudEventSchemaV1_0 => {
             parse_cloudevents(media.as_deref(), content_type, ce_headers, body)
         }
+    }?;
+    // Stored as text columns, where NUL has no place (PostgreSQL refuses it).
+    if let Some(i) = events.iter().position(|e| {
+        e.id.contains('\0') || e.event_type.contains('\0') || e.subject.contains('\0')
+    }) {
+        return Err(PublishError::bad(
+            "InputJsonInvalid",
+            format!("Event at index {i}: id, type and subject must not contain NUL characters."),
+        ));
     }
+    Ok(events)
 }
 
 /// Renders one stored event (a [`PublishedEvent::body`] of a topic with

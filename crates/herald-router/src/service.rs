@@ -250,6 +250,10 @@ impl RouterService {
 
     /// A topic by name, cached briefly because publish looks it up each time.
     pub async fn topic(&self, name: &str) -> RouterResult<Arc<TopicInfo>> {
+        // No topic name holds NUL; text columns would refuse the lookup.
+        if name.contains('\0') {
+            return Err(RouterError::TopicNotFound(name.replace('\0', "")));
+        }
         if let Ok(map) = self.topics.lock()
             && let Some((t, at)) = map.get(name)
             && at.elapsed() < TOPIC_TTL
@@ -525,6 +529,9 @@ impl RouterService {
         name: &str,
     ) -> RouterResult<(Arc<TopicInfo>, Subscription)> {
         let topic = self.topic(topic_name).await?;
+        if name.contains('\0') {
+            return Err(RouterError::SubscriptionNotFound(name.replace('\0', "")));
+        }
         let record = self
             .storage
             .subscription(&topic.record.id, name)

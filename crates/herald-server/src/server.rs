@@ -423,7 +423,9 @@ async fn as_singleton<F, Fut>(
                 waiting_logged = true;
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(duty = name, error = %e, "cannot take the singleton lock; retrying"),
+            Err(e) => {
+                tracing::warn!(duty = name, error = %e, "cannot take the singleton lock; retrying")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -242,6 +242,9 @@ fn check_content_type(ct: &Option<String>) -> VaultResult<()> {
         Some(c) if c.len() > MAX_CONTENT_TYPE => Err(VaultError::BadParameter(format!(
             "contentType must be at most {MAX_CONTENT_TYPE} characters."
         ))),
+        Some(c) if c.contains('\0') => Err(VaultError::BadParameter(
+            "contentType must not contain NUL characters.".into(),
+        )),
         _ => Ok(()),
     }
 }
@@ -340,6 +343,9 @@ impl VaultService {
     }
 
     pub async fn vault(&self, name: &str) -> VaultResult<VaultRecord> {
+        if name.contains('\0') {
+            return Err(VaultError::VaultNotFound(name.replace('\0', "")));
+        }
         self.storage
             .vault_by_name(&name.to_ascii_lowercase())
             .await?
