@@ -8,6 +8,7 @@ mod delivery;
 mod durability;
 mod helpers;
 mod lifecycle;
+mod multinode;
 mod push_crash;
 mod quickstart;
 mod router_api;
