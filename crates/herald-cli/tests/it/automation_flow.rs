@@ -222,13 +222,16 @@ fn herald_bin() -> PathBuf {
 /// Bash lines defining `kv OUT METHOD PATH [BODY]`: a Key Vault call on
 /// vault `payments` with the job token, printing the HTTP status and
 /// writing the response body to OUT. Plain curl, for runbooks that must not
-/// depend on the `herald` CLI.
+/// depend on the `herald` CLI. HTTP/1.1 because over HTTP/2 curl 7.88
+/// fails about half the time with "(92) Stream error in the HTTP/2 framing
+/// layer" when the server answers a request with a body before reading it
+/// (a 401 or 403) and then resets the stream (RFC 9113 §8.1 allows that).
 const KV_CURL: &str = r#"port="${HERALD_ADDR##*:}"
 host="payments.$HERALD_VAULT_BASE"
 kv() {
   local out="$1" method="$2" path="$3"
   shift 3
-  curl -sS --cacert "$HERALD_CACERT" --resolve "$host:$port:127.0.0.1" \
+  curl --http1.1 -sS --cacert "$HERALD_CACERT" --resolve "$host:$port:127.0.0.1" \
     -H "Authorization: Bearer $HERALD_TOKEN" -H 'Content-Type: application/json' \
     -o "$out" -w '%{http_code}' -X "$method" ${1:+--data-binary "$1"} \
     "https://$host:$port$path?api-version=7.6"
