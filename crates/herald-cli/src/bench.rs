@@ -466,7 +466,10 @@ pub(crate) fn request(
     Ok(Request::builder()
         .method(method)
         .uri(path)
-        .header(http::header::HOST, format!("{}:{}", t.host, t.addrs[0].port()))
+        .header(
+            http::header::HOST,
+            format!("{}:{}", t.host, t.addrs[0].port()),
+        )
         .header(http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))?)

@@ -151,9 +151,8 @@ pub async fn sqlite_to_postgres(
                 break;
             }
             offset += rows.len() as i64;
-            let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-                "INSERT INTO \"{table}\" ({select}) "
-            ));
+            let mut qb: QueryBuilder<Postgres> =
+                QueryBuilder::new(format!("INSERT INTO \"{table}\" ({select}) "));
             let mut bad = None;
             qb.push_values(rows.iter(), |mut b, row| {
                 for (i, c) in cols.iter().enumerate() {

@@ -110,7 +110,9 @@ impl Coordination for PgStorage {
             let _ = conn.close().await;
             return Ok(None);
         }
-        Ok(Some(SingletonGuard(Box::new(AdvisoryGuard { _conn: conn }))))
+        Ok(Some(SingletonGuard(Box::new(AdvisoryGuard {
+            _conn: conn,
+        }))))
     }
 
     fn wakeups(&self) -> Option<broadcast::Receiver<String>> {
