@@ -206,7 +206,9 @@ pub async fn fresh_database() -> Option<String> {
     let admin = pg_admin_url()?;
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
-        .unwrap_or_else(|e| panic!("HERALD_TEST_DATABASE_URL={admin} is set but PostgreSQL is unreachable: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("HERALD_TEST_DATABASE_URL={admin} is set but PostgreSQL is unreachable: {e}")
+        });
     let name = format!("herald_it_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
