@@ -21,6 +21,13 @@ pub struct PgStorage {
     pub(crate) pool: PgPool,
     pub(crate) url: String,
     wakeups: broadcast::Sender<String>,
+    /// Per-topic group committers of the event log (postgres_router.rs).
+    pub(crate) appenders: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            tokio::sync::mpsc::Sender<crate::postgres_router::AppendJob>,
+        >,
+    >,
 }
 
 impl PgStorage {
@@ -48,6 +55,7 @@ impl PgStorage {
             pool,
             url: url.to_owned(),
             wakeups,
+            appenders: std::sync::Mutex::default(),
         };
         storage.spawn_listener();
         Ok(storage)

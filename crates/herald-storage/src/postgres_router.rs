@@ -70,6 +70,107 @@ fn log_row(r: &PgRow) -> Result<LogRow> {
 /// Waits for appends to a topic's log that are in flight and holds new ones
 /// off until this transaction ends: the same lock the event_log trigger
 /// (migrations/postgres/0001_vault.sql) takes before it draws a seq.
+/// One publish waiting for its topic's next group commit.
+pub(crate) struct AppendJob {
+    events: Vec<NewLogEvent>,
+    reply: tokio::sync::oneshot::Sender<std::result::Result<i64, String>>,
+}
+
+impl PgStorage {
+    /// The group committer of a topic's log, started on first use.
+    fn appender(&self, topic_id: &str) -> tokio::sync::mpsc::Sender<AppendJob> {
+        let mut map = self.appenders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = map.get(topic_id).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(run_appender(self.pool.clone(), topic_id.to_owned(), rx));
+        map.insert(topic_id.to_owned(), tx.clone());
+        tx
+    }
+}
+
+/// Appends to one topic's log in group commits. Appends to a topic are
+/// serialised by its advisory lock until COMMIT anyway (so seq order is
+/// commit order); doing the publishes that queued up meanwhile in one
+/// transaction turns one commit per publish into one per burst.
+async fn run_appender(
+    pool: sqlx::PgPool,
+    topic_id: String,
+    mut rx: tokio::sync::mpsc::Receiver<AppendJob>,
+) {
+    const MAX_EVENTS: usize = 5000;
+    while let Some(first) = rx.recv().await {
+        let mut n = first.events.len();
+        let mut jobs = vec![first];
+        while n < MAX_EVENTS {
+            match rx.try_recv() {
+                Ok(j) => {
+                    n += j.events.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        match append_batch(&pool, &topic_id, &jobs).await {
+            Ok(lasts) => {
+                for (job, last) in jobs.into_iter().zip(lasts) {
+                    let _ = job.reply.send(Ok(last));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for several publishes; returns each one's last seq.
+async fn append_batch(pool: &sqlx::PgPool, topic_id: &str, jobs: &[AppendJob]) -> Result<Vec<i64>> {
+    let mut tx = pool.begin().await?;
+    // The event_log trigger takes the topic's advisory lock and draws
+    // each seq; it is held until commit, so seqs of one topic commit in
+    // order. The timestamp is read after the lock, so it follows seq.
+    lock_topic_log(&mut tx, topic_id).await?;
+    let now: i64 = sqlx::query_scalar(&format!("SELECT {UNIX_NOW}"))
+        .fetch_one(&mut *tx)
+        .await?;
+    let mut lasts = Vec::with_capacity(jobs.len());
+    let mut total = 0i64;
+    for job in jobs {
+        let mut last = 0;
+        for chunk in job.events.chunks(1000) {
+            let mut q = QueryBuilder::<Postgres>::new(
+                "INSERT INTO event_log (topic_id, event_id, event_type, subject, body, created) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(topic_id)
+                    .push_bind(e.event_id.as_str())
+                    .push_bind(e.event_type.as_str())
+                    .push_bind(e.subject.as_str())
+                    .push_bind(e.body.as_str())
+                    .push_bind(now);
+            });
+            q.push(" RETURNING seq");
+            let seqs: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+            last = seqs.into_iter().fold(last, i64::max);
+        }
+        total += job.events.len() as i64;
+        lasts.push(last);
+    }
+    let mut bumps = Bumps::new(topic_id);
+    bumps.add("published", total);
+    bumps.flush(&mut tx).await?;
+    // Delivered with the commit: other nodes' receivers and delivery
+    // workers on this topic wake up.
+    notify(&mut tx, &format!("topic:{topic_id}")).await?;
+    tx.commit().await?;
+    Ok(lasts)
+}
+
 async fn lock_topic_log(tx: &mut PgConnection, topic_id: &str) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('herald:event_log'), hashtext($1))")
         .bind(topic_id)
@@ -678,39 +779,15 @@ impl RouterStore for PgStorage {
         if events.is_empty() {
             return self.head_seq(topic_id).await;
         }
-        let mut tx = self.pool.begin().await?;
-        // The event_log trigger takes the topic's advisory lock and draws
-        // each seq; it is held until commit, so seqs of one topic commit in
-        // order. The timestamp is read after the lock, so it follows seq.
-        lock_topic_log(&mut tx, topic_id).await?;
-        let now: i64 = sqlx::query_scalar(&format!("SELECT {UNIX_NOW}"))
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut last = 0;
-        for chunk in events.chunks(1000) {
-            let mut q = QueryBuilder::<Postgres>::new(
-                "INSERT INTO event_log (topic_id, event_id, event_type, subject, body, created) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(topic_id)
-                    .push_bind(e.event_id.as_str())
-                    .push_bind(e.event_type.as_str())
-                    .push_bind(e.subject.as_str())
-                    .push_bind(e.body.as_str())
-                    .push_bind(now);
-            });
-            q.push(" RETURNING seq");
-            let seqs: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-            last = seqs.into_iter().fold(last, i64::max);
-        }
-        let mut bumps = Bumps::new(topic_id);
-        bumps.add("published", events.len() as i64);
-        bumps.flush(&mut tx).await?;
-        // Delivered with the commit: other nodes' receivers and delivery
-        // workers on this topic wake up.
-        notify(&mut tx, &format!("topic:{topic_id}")).await?;
-        tx.commit().await?;
-        Ok(last)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.appender(topic_id)
+            .send(AppendJob { events, reply })
+            .await
+            .map_err(|_| crate::StorageError::WriterStopped)?;
+        answer
+            .await
+            .map_err(|_| crate::StorageError::WriterStopped)?
+            .map_err(crate::StorageError::Commit)
     }
 
     async fn head_seq(&self, topic_id: &str) -> Result<i64> {
