@@ -129,6 +129,7 @@ pub enum WebhookCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Show a webhook (its URL is never shown again)
     Show {
         name: String,
         #[command(flatten)]
@@ -148,6 +149,7 @@ pub enum WebhookCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Delete a webhook; its URL stops working at once
     Delete {
         name: String,
         #[command(flatten)]
@@ -250,6 +252,7 @@ pub enum AssetCmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Delete a variable or credential
     Delete {
         name: String,
         /// variable or credential

@@ -254,7 +254,7 @@ fn print_subscriptions(conn: &Conn, raw: &Value, list: &[Value]) {
                 } else {
                     format!(
                         "WebHook {}",
-                        output::s(&s["destination"]["properties"]["endpointUrl"])
+                        output::s(&s["destination"]["properties"]["endpointBaseUrl"])
                     )
                 };
                 let m = &s["metrics"];
@@ -392,6 +392,18 @@ pub async fn run_topic(cmd: TopicCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A subscription whose handshake failed was saved, but is no use: say so
+/// and exit non-zero, so scripts notice.
+fn failed_state(v: &Value) -> anyhow::Result<()> {
+    if v["provisioningState"] == "Failed" {
+        anyhow::bail!(
+            "the subscription is Failed: {} (fix the endpoint and run `herald subscription update`)",
+            output::s(&v["stateReason"])
+        );
+    }
+    Ok(())
+}
+
 pub async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
     let path = |t: &str, n: &str| format!("/api/v1/topics/{t}/eventSubscriptions/{n}");
     match cmd {
@@ -405,6 +417,7 @@ pub async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
                 .api(Method::PUT, &path(&topic, &name), Some(&spec.to_json()?))
                 .await?;
             print_subscriptions(&conn, &v, std::slice::from_ref(&v));
+            failed_state(&v)?;
         }
         SubscriptionCmd::Update {
             topic,
@@ -416,6 +429,7 @@ pub async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
                 .api(Method::PATCH, &path(&topic, &name), Some(&spec.to_json()?))
                 .await?;
             print_subscriptions(&conn, &v, std::slice::from_ref(&v));
+            failed_state(&v)?;
         }
         SubscriptionCmd::List { topic, conn } => {
             let c = Client::new(&conn)?;

@@ -47,7 +47,8 @@ async fn invoke_inner(st: AppState, req: Request) -> Result<Response, ApiError> 
                 })?,
         ),
     };
-    let wh = st.automation.webhook_for_token(&token).await?;
+    // The body is read before any answer: replying to an HTTP/2 request
+    // whose body is still arriving makes some clients (curl) fail the stream.
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, MAX_WEBHOOK_BODY)
         .await
@@ -58,6 +59,7 @@ async fn invoke_inner(st: AppState, req: Request) -> Result<Response, ApiError> 
                 "The webhook request body is larger than 512 KB.",
             )
         })?;
+    let wh = st.automation.webhook_for_token(&token).await?;
     // Event Grid proves endpoint ownership first; answer it, start nothing.
     if header(&parts.headers, "aeg-event-type")
         .is_some_and(|v| v.eq_ignore_ascii_case("SubscriptionValidation"))
