@@ -292,14 +292,19 @@ pub async fn run_topic(cmd: TopicCmd) -> anyhow::Result<()> {
             print_topics(&conn, &v, std::slice::from_ref(&v));
         }
         TopicCmd::List { conn } => {
-            let v = Client::new(&conn)?
-                .api(Method::GET, "/api/v1/topics", None)
-                .await?;
-            print_topics(
-                &conn,
-                &v,
-                v["value"].as_array().map(Vec::as_slice).unwrap_or_default(),
-            );
+            let c = Client::new(&conn)?;
+            let v = c.api(Method::GET, "/api/v1/topics", None).await?;
+            // The list omits metrics; fetch each topic for the table.
+            let mut rows = Vec::new();
+            for t in v["value"].as_array().cloned().unwrap_or_default() {
+                let name = t["name"].as_str().unwrap_or_default().to_owned();
+                rows.push(
+                    c.api(Method::GET, &format!("/api/v1/topics/{name}"), None)
+                        .await
+                        .unwrap_or(t),
+                );
+            }
+            print_topics(&conn, &v, &rows);
         }
         TopicCmd::Show { name, conn } => {
             let v = Client::new(&conn)?

@@ -185,7 +185,8 @@ impl RouterService {
         String::from_utf8(plain.to_vec()).map_err(|e| RouterError::Internal(e.into()))
     }
 
-    fn forget(&self, name: &str) {
+    /// Drops a cached topic (e.g. the system topic of a deleted vault).
+    pub fn forget(&self, name: &str) {
         if let Ok(mut map) = self.topics.lock() {
             map.remove(name);
         }

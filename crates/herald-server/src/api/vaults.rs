@@ -100,5 +100,7 @@ async fn delete(
 ) -> Result<StatusCode, ApiError> {
     st.vault.delete_vault(&name).await?;
     st.vaults.forget(&name.to_ascii_lowercase());
+    // Its system topic went with it; don't serve it from the cache.
+    st.router.forget(&name.to_ascii_lowercase());
     Ok(StatusCode::NO_CONTENT)
 }
