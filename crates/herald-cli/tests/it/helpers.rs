@@ -202,20 +202,22 @@ pub fn pg_admin_url() -> Option<String> {
 
 /// A fresh PostgreSQL database per test, so tests never share state.
 pub async fn fresh_database() -> Option<String> {
+    Some(create_database(&pg_admin_url()?).await)
+}
+
+/// Creates an empty database on the server `admin` points at; returns its URL.
+pub async fn create_database(admin: &str) -> String {
     use sqlx::Connection;
-    let admin = pg_admin_url()?;
-    let mut conn = sqlx::PgConnection::connect(&admin)
+    let mut conn = sqlx::PgConnection::connect(admin)
         .await
-        .unwrap_or_else(|e| {
-            panic!("HERALD_TEST_DATABASE_URL={admin} is set but PostgreSQL is unreachable: {e}")
-        });
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required here but unreachable: {e}"));
     let name = format!("herald_it_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
         .await
         .expect("create a test database");
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    Some(format!("{base}/{name}"))
+    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+    format!("{base}/{name}")
 }
 
 async fn boot(

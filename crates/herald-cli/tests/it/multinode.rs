@@ -23,18 +23,7 @@ fn pg_url() -> Option<String> {
 }
 
 async fn fresh_db() -> Option<String> {
-    use sqlx::Connection;
-    let admin = pg_url()?;
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for multi-node tests: {e}"));
-    let name = format!("herald_it_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    Some(format!("{base}/{name}"))
+    Some(create_database(&pg_url()?).await)
 }
 
 struct Node {
