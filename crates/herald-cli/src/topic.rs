@@ -201,10 +201,13 @@ pub enum SubscriptionCmd {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Show the delivery log: every push attempt with status and latency
+    /// Show the delivery log: every push request (a batch counts once) with status and latency
     Attempts {
         topic: String,
         name: String,
+        /// Only the attempts that carried this event id
+        #[arg(long = "event")]
+        event_id: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -463,11 +466,27 @@ pub async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
                 .await?;
             print_subscriptions(&conn, &v, std::slice::from_ref(&v));
         }
-        SubscriptionCmd::Attempts { topic, name, conn } => {
+        SubscriptionCmd::Attempts {
+            topic,
+            name,
+            event_id,
+            conn,
+        } => {
+            let filter = event_id
+                .map(|id| {
+                    format!(
+                        "&eventId={}",
+                        percent_encoding::utf8_percent_encode(
+                            &id,
+                            percent_encoding::NON_ALPHANUMERIC
+                        )
+                    )
+                })
+                .unwrap_or_default();
             let v = Client::new(&conn)?
                 .api(
                     Method::GET,
-                    &format!("{}/attempts?limit=1000", path(&topic, &name)),
+                    &format!("{}/attempts?limit=1000{filter}", path(&topic, &name)),
                     None,
                 )
                 .await?;
@@ -478,7 +497,7 @@ pub async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
             output::table(
                 &[
                     "TIME",
-                    "EVENT ID",
+                    "EVENTS",
                     "ATTEMPT",
                     "STATUS",
                     "OUTCOME",
@@ -493,7 +512,10 @@ pub async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
                     .map(|a| {
                         vec![
                             output::s(&a["time"]),
-                            output::s(&a["eventId"]),
+                            match a["eventCount"].as_u64().unwrap_or(1) {
+                                1 => output::s(&a["eventId"]),
+                                n => format!("{} (+{} more)", output::s(&a["eventId"]), n - 1),
+                            },
                             output::s(&a["attempt"]),
                             output::s(&a["status"]),
                             output::s(&a["outcome"]),

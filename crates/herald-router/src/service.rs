@@ -784,12 +784,13 @@ impl RouterService {
     pub async fn attempts(
         &self,
         sub: &Subscription,
+        event_id: Option<&str>,
         after_id: i64,
         limit: i64,
     ) -> RouterResult<Vec<(i64, herald_storage::AttemptRecord)>> {
         Ok(self
             .storage
-            .attempts(&sub.record.id, after_id, limit)
+            .attempts(&sub.record.id, event_id, after_id, limit)
             .await?)
     }
 

@@ -266,18 +266,20 @@ async fn insert_attempts(tx: &mut PgConnection, attempts: &[AttemptRecord]) -> R
     for chunk in attempts.chunks(500) {
         let mut q = QueryBuilder::<Postgres>::new(
             "INSERT INTO delivery_attempts (subscription_id, seq, event_id, attempt, at, status, \
-             latency_ms, outcome, response) ",
+             latency_ms, outcome, response, event_count, more_event_ids) ",
         );
         q.push_values(chunk, |mut b, a| {
             b.push_bind(a.subscription_id.as_str())
                 .push_bind(a.seq)
-                .push_bind(a.event_id.as_str())
+                .push_bind(a.event_ids.first().map_or("", String::as_str))
                 .push_bind(a.attempt)
                 .push_bind(a.at_ms)
                 .push_bind(a.status.map(i64::from))
                 .push_bind(a.latency_ms)
                 .push_bind(a.outcome.as_str())
-                .push_bind(a.response.as_deref());
+                .push_bind(a.response.as_deref())
+                .push_bind(a.event_ids.len() as i64)
+                .push_bind(a.more_event_ids());
         });
         q.build().execute(&mut *tx).await?;
     }
@@ -1163,15 +1165,19 @@ impl RouterStore for PgStorage {
     async fn attempts(
         &self,
         subscription_id: &str,
+        event_id: Option<&str>,
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<(i64, AttemptRecord)>> {
         let rows = sqlx::query(
-            "SELECT id, subscription_id, seq, event_id, attempt, at, status, latency_ms, outcome, response \
-             FROM delivery_attempts WHERE subscription_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            "SELECT id, subscription_id, seq, event_id, attempt, at, status, latency_ms, outcome, response, \
+             more_event_ids FROM delivery_attempts WHERE subscription_id = $1 AND id > $2 \
+             AND ($3::text IS NULL OR event_id = $3 OR strpos(more_event_ids, $4) > 0) ORDER BY id LIMIT $5",
         )
         .bind(subscription_id)
         .bind(after_id)
+        .bind(event_id)
+        .bind(event_id.map(AttemptRecord::needle))
         .bind(limit.max(0))
         .fetch_all(&self.pool)
         .await?;
@@ -1182,7 +1188,10 @@ impl RouterStore for PgStorage {
                     AttemptRecord {
                         subscription_id: r.try_get("subscription_id")?,
                         seq: r.try_get("seq")?,
-                        event_id: r.try_get("event_id")?,
+                        event_ids: AttemptRecord::stored_event_ids(
+                            r.try_get("event_id")?,
+                            r.try_get("more_event_ids")?,
+                        ),
                         attempt: r.try_get("attempt")?,
                         at_ms: r.try_get("at")?,
                         status: r

@@ -126,8 +126,10 @@ pub enum FreshOutcome {
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
     pub subscription_id: String,
+    /// The first event of the request; a batch is one attempt.
     pub seq: i64,
-    pub event_id: String,
+    /// Every event the request carried, in order; never empty.
+    pub event_ids: Vec<String>,
     pub attempt: i64,
     pub at_ms: i64,
     pub status: Option<u16>,
@@ -247,9 +249,12 @@ pub trait RouterStore: Send + Sync {
     /// When the next in-flight message of a subscription is due (unix ms).
     async fn next_due(&self, subscription_id: &str) -> Result<Option<i64>>;
     async fn record_attempts(&self, attempts: Vec<AttemptRecord>) -> Result<()>;
+    /// The delivery log after `after_id`, optionally only the requests
+    /// that carried one event.
     async fn attempts(
         &self,
         subscription_id: &str,
+        event_id: Option<&str>,
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<(i64, AttemptRecord)>>;
@@ -301,4 +306,26 @@ pub fn lock_token_seq(token: &str) -> Option<i64> {
         .ok()?;
     let text = std::str::from_utf8(&raw).ok()?;
     text.split_once('.')?.0.parse().ok()
+}
+
+impl AttemptRecord {
+    /// The events after the first, as stored in `more_event_ids`.
+    pub(crate) fn more_event_ids(&self) -> Option<String> {
+        (self.event_ids.len() > 1)
+            .then(|| serde_json::to_string(&self.event_ids[1..]).unwrap_or_default())
+    }
+
+    /// Rebuilds the id list from the stored columns.
+    pub(crate) fn stored_event_ids(first: String, more: Option<String>) -> Vec<String> {
+        let mut ids = vec![first];
+        if let Some(more) = more {
+            ids.extend(serde_json::from_str::<Vec<String>>(&more).unwrap_or_default());
+        }
+        ids
+    }
+
+    /// What `more_event_ids` contains when it lists `id`: its JSON string.
+    pub(crate) fn needle(id: &str) -> String {
+        serde_json::to_string(id).unwrap_or_default()
+    }
 }

@@ -122,18 +122,20 @@ async fn insert_attempts(tx: &mut SqliteConnection, attempts: &[AttemptRecord]) 
     for chunk in attempts.chunks(100) {
         let mut q = QueryBuilder::<Sqlite>::new(
             "INSERT INTO delivery_attempts (subscription_id, seq, event_id, attempt, at, status, \
-             latency_ms, outcome, response) ",
+             latency_ms, outcome, response, event_count, more_event_ids) ",
         );
         q.push_values(chunk, |mut b, a| {
             b.push_bind(a.subscription_id.as_str())
                 .push_bind(a.seq)
-                .push_bind(a.event_id.as_str())
+                .push_bind(a.event_ids.first().map_or("", String::as_str))
                 .push_bind(a.attempt)
                 .push_bind(a.at_ms)
                 .push_bind(a.status.map(i64::from))
                 .push_bind(a.latency_ms)
                 .push_bind(a.outcome.as_str())
-                .push_bind(a.response.as_deref());
+                .push_bind(a.response.as_deref())
+                .push_bind(a.event_ids.len() as i64)
+                .push_bind(a.more_event_ids());
         });
         q.build().execute(&mut *tx).await?;
     }
@@ -987,15 +989,19 @@ impl RouterStore for SqliteStorage {
     async fn attempts(
         &self,
         subscription_id: &str,
+        event_id: Option<&str>,
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<(i64, AttemptRecord)>> {
         let rows = sqlx::query(
-            "SELECT id, subscription_id, seq, event_id, attempt, at, status, latency_ms, outcome, response \
-             FROM delivery_attempts WHERE subscription_id = ? AND id > ? ORDER BY id LIMIT ?",
+            "SELECT id, subscription_id, seq, event_id, attempt, at, status, latency_ms, outcome, response, \
+             more_event_ids FROM delivery_attempts WHERE subscription_id = ?1 AND id > ?2 \
+             AND (?3 IS NULL OR event_id = ?3 OR instr(more_event_ids, ?4) > 0) ORDER BY id LIMIT ?5",
         )
         .bind(subscription_id)
         .bind(after_id)
+        .bind(event_id)
+        .bind(event_id.map(AttemptRecord::needle))
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
@@ -1006,7 +1012,10 @@ impl RouterStore for SqliteStorage {
                     AttemptRecord {
                         subscription_id: r.try_get("subscription_id")?,
                         seq: r.try_get("seq")?,
-                        event_id: r.try_get("event_id")?,
+                        event_ids: AttemptRecord::stored_event_ids(
+                            r.try_get("event_id")?,
+                            r.try_get("more_event_ids")?,
+                        ),
                         attempt: r.try_get("attempt")?,
                         at_ms: r.try_get("at")?,
                         status: r

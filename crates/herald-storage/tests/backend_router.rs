@@ -97,7 +97,7 @@ fn attempt(sub_id: &str, seq: i64, n: i64, at: i64, status: Option<u16>) -> Atte
     AttemptRecord {
         subscription_id: sub_id.into(),
         seq,
-        event_id: format!("ev-{seq}"),
+        event_ids: vec![format!("ev-{seq}")],
         attempt: n,
         at_ms: at,
         status,
@@ -766,7 +766,7 @@ async fn push_windows(s: Store) {
         .unwrap()
     );
     assert_eq!(s.counters(&sb.id).await.unwrap(), counters_after);
-    assert_eq!(s.attempts(&sb.id, 0, 100).await.unwrap().len(), 2);
+    assert_eq!(s.attempts(&sb.id, None, 0, 100).await.unwrap().len(), 2);
     let dl = s.dead_letters(&sb.id, 0, 10).await.unwrap();
     assert_eq!(dl.len(), 1);
     assert_eq!(
@@ -869,7 +869,7 @@ async fn push_windows(s: Store) {
     ])
     .await
     .unwrap();
-    let log = s.attempts(&sb.id, 0, 100).await.unwrap();
+    let log = s.attempts(&sb.id, None, 0, 100).await.unwrap();
     assert_eq!(log.len(), 5);
     assert!(log.windows(2).all(|p| p[0].0 < p[1].0));
     let (_, a) = &log[1];
@@ -878,7 +878,7 @@ async fn push_windows(s: Store) {
         (
             &a.subscription_id,
             a.seq,
-            &a.event_id,
+            &a.event_ids,
             a.attempt,
             a.at_ms,
             a.status,
@@ -889,7 +889,7 @@ async fn push_windows(s: Store) {
         (
             &want.subscription_id,
             want.seq,
-            &want.event_id,
+            &want.event_ids,
             want.attempt,
             want.at_ms,
             want.status,
@@ -900,14 +900,44 @@ async fn push_windows(s: Store) {
     );
     assert_eq!(log[2].1.status, None);
     assert_eq!(log[2].1.response, None);
-    let page = s.attempts(&sb.id, log[1].0, 2).await.unwrap();
+    let page = s.attempts(&sb.id, None, log[1].0, 2).await.unwrap();
     assert_eq!(
         page.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
         [log[2].0, log[3].0]
     );
-    assert!(s.attempts("missing", 0, 10).await.unwrap().is_empty());
+    assert!(s.attempts("missing", None, 0, 10).await.unwrap().is_empty());
+
+    // A batch is one record that lists its events; the event filter finds
+    // it by any of them, and ids that merely contain another do not match.
+    let mut batch = attempt(&sb.id, 7, 1, now + 40_000, Some(200));
+    batch.event_ids = vec!["b-1".into(), "b-\"2\"".into(), "b-3".into()];
+    s.record_attempts(vec![batch.clone()]).await.unwrap();
+    let all = s.attempts(&sb.id, None, 0, 100).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[5].1.event_ids, batch.event_ids);
+    assert_eq!(all[5].1.seq, 7);
+    for id in ["b-1", "b-\"2\"", "b-3"] {
+        let hit = s.attempts(&sb.id, Some(id), 0, 100).await.unwrap();
+        assert_eq!(hit.len(), 1, "{id}");
+        assert_eq!(hit[0].0, all[5].0);
+    }
+    assert!(
+        s.attempts(&sb.id, Some("b-"), 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.attempts(&sb.id, Some("3"), 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let single = s.attempts(&sb.id, Some("ev-3"), 0, 100).await.unwrap();
+    assert_eq!(single.len(), 1);
+    assert_eq!(single[0].1.status, Some(200));
     assert_eq!(s.prune_attempts(now + 21).await.unwrap(), 4);
-    assert_eq!(s.attempts(&sb.id, 0, 100).await.unwrap().len(), 1);
+    assert_eq!(s.attempts(&sb.id, None, 0, 100).await.unwrap().len(), 2);
     assert_eq!(s.prune_attempts(now).await.unwrap(), 0);
 }
 

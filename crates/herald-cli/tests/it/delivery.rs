@@ -1158,6 +1158,72 @@ async fn the_delivery_log_lists_every_attempt() {
 }
 
 #[tokio::test]
+async fn a_batch_is_logged_once_and_found_by_any_of_its_events() {
+    let app = delivery_app().await;
+    let rx = Receiver::start().await;
+    let key = topic(&app, "orders", "EventGridSchema").await;
+    hook_ok(
+        &app,
+        "orders",
+        "batch-log",
+        &rx.url("/bl"),
+        json!({ "maxEventsPerBatch": 50 }),
+        json!({}),
+    )
+    .await;
+    let events: Vec<Value> = (0..5).map(|i| eg(&format!("bl-{i}"), json!({}))).collect();
+    publish(&app, "orders", &key, &Value::Array(events)).await;
+    let got = rx.wait_events(5).await;
+    let requests = got.len();
+    let log = eventually("the batch is logged", WAIT, || async {
+        let a = attempts(&app, "orders", "batch-log").await;
+        let logged: u64 = a.iter().filter_map(|a| a["eventCount"].as_u64()).sum();
+        (logged >= 5).then_some(a)
+    })
+    .await;
+    // One record per request, however many events it carried.
+    assert_eq!(log.len(), requests, "{log:?}");
+    let mut ids: Vec<String> = log
+        .iter()
+        .flat_map(|a| a["eventIds"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["bl-0", "bl-1", "bl-2", "bl-3", "bl-4"]);
+    for a in &log {
+        assert_eq!(a["eventId"], a["eventIds"][0], "{a}");
+        assert_eq!(a["status"], 200);
+        assert_eq!(a["outcome"], "Delivered");
+    }
+    // ?eventId= finds the request that carried an event, not its neighbours'.
+    let one = mgmt(
+        &app,
+        reqwest::Method::GET,
+        &format!("{}/attempts?eventId=bl-3", sub_path("orders", "batch-log")),
+        None,
+    )
+    .await;
+    let one = one.expect(200)["value"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert!(
+        one[0]["eventIds"]
+            .as_array()
+            .is_some_and(|ids| ids.contains(&json!("bl-3")))
+    );
+    let none = mgmt(
+        &app,
+        reqwest::Method::GET,
+        &format!("{}/attempts?eventId=bl-", sub_path("orders", "batch-log")),
+        None,
+    )
+    .await;
+    assert_eq!(none.expect(200)["value"], json!([]));
+}
+
+#[tokio::test]
 async fn an_endpoint_that_keeps_failing_goes_on_probation() {
     let app = delivery_app().await;
     let rx = Receiver::start().await;

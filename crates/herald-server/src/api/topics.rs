@@ -426,20 +426,40 @@ async fn replay_dead_letters(
     Ok(Json(json!({ "replayed": replayed })))
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttemptQuery {
+    event_id: Option<String>,
+}
+
+/// The delivery log: one item per request, listing the events it carried.
 async fn attempts(
     State(st): State<AppState>,
     Path((topic, name)): Path<(String, String)>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    filter: Result<Query<AttemptQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let (after, limit) = page_bounds(page)?;
+    let Query(filter) = filter.map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Use ?eventId=<id> to see the attempts of one event.",
+        )
+    })?;
     let (_, sub) = st.router.subscription(&topic, &name).await?;
-    let rows = st.router.attempts(&sub, after, limit).await?;
+    let rows = st
+        .router
+        .attempts(&sub, filter.event_id.as_deref(), after, limit)
+        .await?;
     let items: Vec<Value> = rows
         .iter()
         .map(|(id, a)| {
             json!({
                 "id": id,
-                "eventId": a.event_id,
+                "eventId": a.event_ids.first(),
+                "eventIds": a.event_ids,
+                "eventCount": a.event_ids.len(),
                 "attempt": a.attempt,
                 "time": Utc.timestamp_millis_opt(a.at_ms).single().map(|t| t.to_rfc3339()),
                 "status": a.status,
