@@ -55,6 +55,12 @@ struct Sent {
     at_ms: i64,
 }
 
+/// A window of new events being read ahead, from cursor `from`.
+struct Prefetch {
+    from: i64,
+    task: tokio::task::JoinHandle<herald_storage::Result<Option<herald_storage::FreshWindow>>>,
+}
+
 enum Verdict {
     Delivered,
     Retry { delay: Duration },
@@ -185,6 +191,8 @@ impl Delivery {
         // is read from where the last one ended, not from the stored cursor.
         let mut pending: Option<tokio::task::JoinHandle<bool>> = None;
         let mut local_cursor: Option<i64> = None;
+        // After a full window the next is read while this one is sent.
+        let mut prefetched: Option<Prefetch> = None;
         loop {
             if stop.is_cancelled() {
                 if let Some(p) = pending.take() {
@@ -208,10 +216,12 @@ impl Delivery {
             let probing = self
                 .health(&sub.record.id)
                 .is_some_and(|h| h.probation_until.is_some());
+            // Enough events to keep every in-flight slot busy.
             let window = if probing {
                 1
             } else {
-                (hook.max_events_per_batch as i64 * 16).clamp(64, 5000)
+                (hook.max_events_per_batch as i64 * self.settings.max_in_flight.max(1) as i64)
+                    .clamp(64, 5000)
             };
             // Retries that are due first: they already have rows and locks.
             let opts = ClaimOptions {
@@ -250,24 +260,38 @@ impl Delivery {
             // written: the cursor moves only when their fate is committed,
             // so a crash in between redelivers them (at least once).
             if !probing {
-                match self
-                    .storage
-                    .peek_fresh(
-                        &sub.record.id,
-                        &topic.record.id,
-                        local_cursor,
-                        window,
-                        20_000,
-                        matcher.clone(),
-                    )
-                    .await
-                {
-                    Ok(Some(w)) if w.next_cursor != w.cursor => {
+                let read = match prefetched.take() {
+                    // Only a non-empty read ahead is trusted: an empty one may
+                    // predate events whose wake-up came before we listened.
+                    Some(p) if Some(p.from) == local_cursor => match p.task.await {
+                        Ok(Ok(Some(w))) if !w.rows.is_empty() => Ok(Some(w)),
+                        _ => {
+                            self.peek(&sub, &topic, local_cursor, window, &matcher)
+                                .await
+                        }
+                    },
+                    _ => {
+                        self.peek(&sub, &topic, local_cursor, window, &matcher)
+                            .await
+                    }
+                };
+                match read {
+                    Ok(Some(mut w)) if w.next_cursor != w.cursor => {
                         worked = true;
-                        let claimed: Vec<ClaimedMessage> = w
-                            .rows
-                            .iter()
-                            .cloned()
+                        if w.rows.len() as i64 >= window {
+                            let (this, sub2, topic2, m) =
+                                (self.clone(), sub.clone(), topic.clone(), matcher.clone());
+                            let from = w.next_cursor;
+                            prefetched = Some(Prefetch {
+                                from,
+                                task: tokio::spawn(async move {
+                                    this.peek(&sub2, &topic2, Some(from), window, &m).await
+                                }),
+                            });
+                        }
+                        // The commit needs only the window's bounds and counts.
+                        let claimed: Vec<ClaimedMessage> = std::mem::take(&mut w.rows)
+                            .into_iter()
                             .map(|row| ClaimedMessage {
                                 row,
                                 lock_token: String::new(),
@@ -294,6 +318,7 @@ impl Delivery {
                             }));
                         } else {
                             local_cursor = None;
+                            prefetched = None;
                         }
                     }
                     Ok(_) => {}
@@ -310,6 +335,7 @@ impl Delivery {
                     && !p.await.unwrap_or(false)
                 {
                     local_cursor = None;
+                    prefetched = None;
                 }
                 let next_due = self.storage.next_due(&sub.record.id).await.ok().flatten();
                 let until_due = next_due
@@ -324,6 +350,27 @@ impl Delivery {
                 }
             }
         }
+    }
+
+    /// Reads the next window of new events past `from` (or the stored cursor).
+    async fn peek(
+        &self,
+        sub: &Subscription,
+        topic: &TopicInfo,
+        from: Option<i64>,
+        window: i64,
+        matcher: &herald_storage::Matcher,
+    ) -> herald_storage::Result<Option<herald_storage::FreshWindow>> {
+        self.storage
+            .peek_fresh(
+                &sub.record.id,
+                &topic.record.id,
+                from,
+                window,
+                20_000,
+                matcher.clone(),
+            )
+            .await
     }
 
     /// Sends claimed events in batches, at most `max_in_flight` at once.
@@ -492,17 +539,17 @@ impl Delivery {
             } else {
                 format!("[{}]", texts.join(","))
             };
-            let parsed: Vec<Value> = texts
-                .iter()
-                .filter_map(|t| serde_json::from_str(t).ok())
-                .collect();
-            let event_ids = parsed
-                .iter()
-                .map(|v| v["id"].as_str().unwrap_or_default().to_owned())
-                .collect();
-            let data_version = parsed
-                .first()
-                .and_then(|v| v["dataVersion"].as_str().map(str::to_owned));
+            // Ids come from the log row; only the first event is parsed, for
+            // the aeg-data-version header of Event Grid deliveries.
+            let event_ids = cur.iter().map(|(m, _)| m.row.event_id.clone()).collect();
+            let data_version = if schema == DeliverySchema::EventGridSchema {
+                texts
+                    .first()
+                    .and_then(|t| serde_json::from_str::<DataVersion>(t).ok())
+                    .and_then(|d| d.data_version)
+            } else {
+                None
+            };
             out.push(Batch {
                 messages: cur.drain(..).map(|(m, _)| m).collect(),
                 body: Bytes::from(body),
@@ -576,9 +623,13 @@ impl Delivery {
         if let Some(id) = batch.event_ids.first() {
             h.push(("aeg-output-event-id".into(), id.clone()));
         }
-        let first: Option<Value> = batch
-            .messages
-            .first()
+        // Parsed only when a dynamic header needs a field of it.
+        let first: Option<Value> = hook
+            .delivery_attribute_mappings
+            .iter()
+            .any(|m| m["type"].as_str() == Some("Dynamic"))
+            .then(|| batch.messages.first())
+            .flatten()
             .and_then(|m| serde_json::from_str(&m.row.body).ok());
         for mapping in &hook.delivery_attribute_mappings {
             let Some(name) = mapping["name"].as_str() else {
@@ -763,22 +814,18 @@ impl Delivery {
             )
             .await;
         }
-        let attempts = batch
-            .messages
-            .iter()
-            .zip(batch.event_ids.iter())
-            .map(|(m, id)| AttemptRecord {
-                subscription_id: sub.record.id.clone(),
-                seq: m.row.seq,
-                event_id: id.clone(),
-                attempt: m.delivery_count,
-                at_ms: now_ms,
-                status,
-                latency_ms: latency.as_millis() as i64,
-                outcome: outcome_name.to_owned(),
-                response: snippet.clone(),
-            })
-            .collect();
+        // One log record per request: a batch shares its fate.
+        let attempts = vec![AttemptRecord {
+            subscription_id: sub.record.id.clone(),
+            seq: batch.messages.first().map_or(0, |m| m.row.seq),
+            event_ids: batch.event_ids,
+            attempt,
+            at_ms: now_ms,
+            status,
+            latency_ms: latency.as_millis() as i64,
+            outcome: outcome_name.to_owned(),
+            response: snippet,
+        }];
         metrics::counter!("herald_deliveries_total", "subscription" => sub.record.name.clone(), "outcome" => outcome_name)
             .increment(batch.messages.len() as u64);
         Sent {
@@ -877,6 +924,12 @@ impl Delivery {
             }
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DataVersion {
+    data_version: Option<String>,
 }
 
 /// Reads `data.a.b`-style paths (and top-level names) from an event.

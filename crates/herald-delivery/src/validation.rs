@@ -251,6 +251,8 @@ impl Delivery {
         self.router
             .set_subscription_state(&mut sub, "Succeeded", None)
             .await?;
+        // Start delivering now, not at the dispatcher's next tick.
+        self.changed.notify_one();
         Ok(true)
     }
 
