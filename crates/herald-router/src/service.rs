@@ -105,6 +105,8 @@ pub const SIGNING_OVERLAP_SECS: i64 = 24 * 3600;
 
 /// Lock renewals are accepted for up to an hour after the event was locked.
 const MAX_LOCK_HOLD_MS: i64 = 3_600_000;
+/// Log events deleted per transaction, so pruning never holds the writer long.
+const PRUNE_CHUNK: i64 = 1000;
 /// Topic name → opened topic and when it was loaded.
 type TopicCache = HashMap<String, (Arc<TopicInfo>, Instant)>;
 
@@ -823,6 +825,16 @@ impl RouterService {
             self.storage.backlog(&sub.record.id).await?,
         );
         Ok(m)
+    }
+
+    /// Deletes log events every subscription of their topic is done with,
+    /// and any older than `max_age` (the retention); returns how many.
+    pub async fn prune_event_log(&self, max_age: Duration) -> RouterResult<u64> {
+        let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        Ok(self
+            .storage
+            .prune_event_log(Utc::now().timestamp_millis(), max_age_ms, PRUNE_CHUNK)
+            .await?)
     }
 
     /// Removes subscriptions whose expirationTimeUtc passed, as Event Grid does.
