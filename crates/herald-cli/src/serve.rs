@@ -96,6 +96,10 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_retention_days: Option<u64>,
+    /// Hours a topic's events are kept at most, delivered or not; events every subscription is done with go sooner [default: 168 = 7 days, the longest eventTimeToLive]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_retention_hours: Option<u64>,
     /// The herald binary runbooks call [default: this executable]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

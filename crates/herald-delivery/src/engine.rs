@@ -70,8 +70,19 @@ enum Verdict {
 impl Delivery {
     /// Supervises workers until `shutdown`: starts one per validated webhook
     /// subscription, restarts it when the subscription changes, stops it
-    /// when the subscription goes away.
+    /// when the subscription goes away. Also sends the deletion events the
+    /// router announces.
     pub async fn run(self, shutdown: CancellationToken) {
+        let deletions = self
+            .deletions
+            .lock()
+            .ok()
+            .and_then(|mut d| d.take())
+            .unwrap_or_else(|| self.router.deletions());
+        tokio::spawn(
+            self.clone()
+                .run_deletion_events(deletions, shutdown.clone()),
+        );
         let mut workers: HashMap<String, (i64, CancellationToken)> = HashMap::new();
         // Subscriptions another node delivers, and when we last asked.
         let mut elsewhere: HashMap<String, Instant> = HashMap::new();

@@ -1,15 +1,17 @@
 //! Herald's push delivery (Event Grid WebHook destinations): the
 //! validation handshakes, deliveries with retries and probation,
-//! dead-lettering, Standard Webhooks signatures and the delivery log.
+//! dead-lettering, Standard Webhooks signatures, the delivery log and the
+//! opt-in SubscriptionDeletion event.
 
 pub mod deadletter;
+mod deletion;
 mod engine;
 pub mod http;
 pub mod retry;
 pub mod signing;
 pub mod validation;
 
-use herald_router::RouterService;
+use herald_router::{DeletedSubscription, RouterService};
 use herald_storage::Storage;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -67,6 +69,8 @@ pub struct Delivery {
     /// Wakes the supervisor when a subscription changes on this node, so
     /// delivery starts at once rather than at the next poll.
     pub(crate) changed: Arc<tokio::sync::Notify>,
+    /// Subscribed at construction, so no deletion before `run` is missed.
+    pub(crate) deletions: Arc<Mutex<Option<tokio::sync::broadcast::Receiver<DeletedSubscription>>>>,
 }
 
 /// Resolves vault references in secret delivery headers at send time.
@@ -91,6 +95,7 @@ impl Delivery {
             (None, None) => None,
         };
         Ok(Self {
+            deletions: Arc::new(Mutex::new(Some(router.deletions()))),
             router,
             storage,
             client,

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, broadcast};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -66,6 +66,14 @@ impl TopicInfo {
     pub fn name(&self) -> &str {
         &self.record.name
     }
+
+    /// The ARM id of one of its event subscriptions.
+    pub fn subscription_arm_id(&self, name: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.EventGrid/eventSubscriptions/{name}",
+            self.record.arm_id
+        )
+    }
 }
 
 /// A subscription with its parsed properties.
@@ -73,6 +81,16 @@ impl TopicInfo {
 pub struct Subscription {
     pub record: SubscriptionRecord,
     pub properties: SubscriptionProperties,
+}
+
+/// A deleted webhook subscription that owes its endpoint a SubscriptionDeletion
+/// event (`sendDeletionEvent`), captured before the delete.
+#[derive(Debug, Clone)]
+pub struct DeletedSubscription {
+    pub topic: Arc<TopicInfo>,
+    pub subscription: Subscription,
+    /// The active signing secrets; the delete removes them with the row.
+    pub signing_secrets: Vec<String>,
 }
 
 /// One event handed to a pull receiver, in the wire shape of `:receive`.
@@ -105,6 +123,8 @@ pub const SIGNING_OVERLAP_SECS: i64 = 24 * 3600;
 
 /// Lock renewals are accepted for up to an hour after the event was locked.
 const MAX_LOCK_HOLD_MS: i64 = 3_600_000;
+/// Log events deleted per transaction, so pruning never holds the writer long.
+const PRUNE_CHUNK: i64 = 1000;
 /// Topic name → opened topic and when it was loaded.
 type TopicCache = HashMap<String, (Arc<TopicInfo>, Instant)>;
 
@@ -149,6 +169,9 @@ pub struct RouterService {
     scope: ArmScope,
     topics: Arc<Mutex<TopicCache>>,
     wakers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    /// Deletions the delivery service sends SubscriptionDeletion events for
+    /// (this crate does not send HTTP).
+    deletions: broadcast::Sender<DeletedSubscription>,
 }
 
 impl RouterService {
@@ -159,7 +182,13 @@ impl RouterService {
             scope,
             topics: Arc::default(),
             wakers: Arc::default(),
+            deletions: broadcast::channel(256).0,
         }
+    }
+
+    /// Announces each deleted subscription that asked for a deletion event.
+    pub fn deletions(&self) -> broadcast::Receiver<DeletedSubscription> {
+        self.deletions.subscribe()
     }
 
     pub fn topic_arm_id(&self, name: &str) -> String {
@@ -553,6 +582,16 @@ impl RouterService {
 
     pub async fn delete_subscription(&self, topic_name: &str, name: &str) -> RouterResult<()> {
         let topic = self.topic(topic_name).await?;
+        let notice = match self.subscription(topic_name, name).await {
+            Ok((_, sub)) => self.deletion_notice(&topic, sub).await,
+            Err(RouterError::SubscriptionNotFound(_)) => None,
+            // A corrupt subscription can still be deleted, without its event.
+            Err(e) => {
+                tracing::error!(error = %e, subscription = %name,
+                    "cannot read the subscription; no deletion event will be sent");
+                None
+            }
+        };
         if !self
             .storage
             .delete_subscription(&topic.record.id, name)
@@ -561,7 +600,47 @@ impl RouterService {
             return Err(RouterError::SubscriptionNotFound(name.to_owned()));
         }
         tracing::info!(topic = %topic_name, subscription = %name, "event subscription deleted");
+        self.announce(notice);
         Ok(())
+    }
+
+    /// Whether deleting `sub` owes its endpoint a SubscriptionDeletion event:
+    /// a validated webhook that asked for one.
+    fn wants_deletion_event(sub: &Subscription) -> bool {
+        sub.properties.send_deletion_event
+            && !sub.properties.is_queue()
+            && sub.record.provisioning_state == "Succeeded"
+    }
+
+    /// What the deletion event needs, read before the delete. Best effort: a
+    /// failure here costs the event, never the delete.
+    async fn deletion_notice(
+        &self,
+        topic: &Arc<TopicInfo>,
+        sub: Subscription,
+    ) -> Option<DeletedSubscription> {
+        if !Self::wants_deletion_event(&sub) {
+            return None;
+        }
+        match self.signing_secrets(&sub.record.id).await {
+            Ok(signing_secrets) => Some(DeletedSubscription {
+                topic: topic.clone(),
+                subscription: sub,
+                signing_secrets,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, subscription = %sub.record.name,
+                    "cannot read signing secrets; no deletion event will be sent");
+                None
+            }
+        }
+    }
+
+    fn announce(&self, notice: Option<DeletedSubscription>) {
+        if let Some(n) = notice {
+            // No listener (no delivery service in this process): nobody sends it.
+            let _ = self.deletions.send(n);
+        }
     }
 
     /// A filter as a storage matcher. Basic filters read only the indexed
@@ -826,6 +905,16 @@ impl RouterService {
         Ok(m)
     }
 
+    /// Deletes log events every subscription of their topic is done with,
+    /// and any older than `max_age` (the retention); returns how many.
+    pub async fn prune_event_log(&self, max_age: Duration) -> RouterResult<u64> {
+        let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        Ok(self
+            .storage
+            .prune_event_log(Utc::now().timestamp_millis(), max_age_ms, PRUNE_CHUNK)
+            .await?)
+    }
+
     /// Removes subscriptions whose expirationTimeUtc passed, as Event Grid does.
     pub async fn sweep_expired_subscriptions(&self) -> RouterResult<usize> {
         let now = Utc::now();
@@ -833,15 +922,30 @@ impl RouterService {
         for topic in self.storage.list_topics().await? {
             for record in self.storage.list_subscriptions(&topic.id).await? {
                 let sub = Self::parse_sub(record)?;
-                if sub.properties.expires_at().is_some_and(|t| t <= now)
-                    && self
-                        .storage
-                        .delete_subscription(&topic.id, &sub.record.name)
-                        .await?
+                if sub.properties.expires_at().is_none_or(|t| t > now) {
+                    continue;
+                }
+                let notice = if Self::wants_deletion_event(&sub) {
+                    match self.topic(&topic.name).await {
+                        Ok(info) => self.deletion_notice(&info, sub.clone()).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, topic = %topic.name,
+                                "cannot open the topic; no deletion event will be sent");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                if self
+                    .storage
+                    .delete_subscription(&topic.id, &sub.record.name)
+                    .await?
                 {
                     removed += 1;
                     tracing::info!(topic = %topic.name, subscription = %sub.record.name,
                         "event subscription expired and was deleted");
+                    self.announce(notice);
                 }
             }
         }

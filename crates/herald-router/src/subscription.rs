@@ -123,6 +123,9 @@ pub struct SubscriptionInput {
     /// Herald extension: a Standard Webhooks secret (`whsec_...`). Stored
     /// sealed, apart from the properties, and never echoed.
     pub signing_secret: Option<String>,
+    /// Herald extension: send a SubscriptionDeletion event to the webhook
+    /// when this subscription is deleted (spec §7, off by default).
+    pub send_deletion_event: Option<bool>,
 }
 
 /// The stored, normalised properties.
@@ -142,6 +145,9 @@ pub struct SubscriptionProperties {
     pub expiration_time_utc: Option<String>,
     #[serde(default)]
     pub labels: Vec<String>,
+    /// Herald extension: announce the deletion to the webhook, once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub send_deletion_event: bool,
 }
 
 impl SubscriptionProperties {
@@ -289,6 +295,12 @@ impl SubscriptionInput {
                 return Err("signingSecret applies to webhook destinations only.".into());
             }
         }
+        let send_deletion_event = self.send_deletion_event.unwrap_or(false);
+        if send_deletion_event && self.delivery_configuration.is_some() {
+            return Err(
+                "sendDeletionEvent applies to webhook destinations only: a Queue subscription has no endpoint to tell.".into(),
+            );
+        }
         let mut filter = self.filter.unwrap_or_default();
         if let Some(fc) = self.filters_configuration {
             if filter.included_event_types.is_none() {
@@ -391,6 +403,7 @@ impl SubscriptionInput {
             dead_letter_destination: self.dead_letter_destination,
             expiration_time_utc: self.expiration_time_utc,
             labels,
+            send_deletion_event,
         })
     }
 }
@@ -427,5 +440,31 @@ mod tests {
         assert!(input(serde_json::json!({"deliveryConfiguration": {"deliveryMode": "Queue", "queue": {"maxDeliveryCount": 11}}})).is_err());
         assert!(input(serde_json::json!({"deliveryConfiguration": {"deliveryMode": "Queue"}, "retryPolicy": {"maxDeliveryAttempts": 31}})).is_err());
         assert!(input(serde_json::json!({"deliveryConfiguration": {"deliveryMode": "Queue"}, "eventDeliverySchema": "CustomInputSchema"})).is_err());
+    }
+
+    #[test]
+    fn send_deletion_event() {
+        let hook = serde_json::json!({"endpointType": "WebHook", "properties": {"endpointUrl": "https://x"}});
+        let p = input(serde_json::json!({"destination": hook})).unwrap();
+        assert!(!p.send_deletion_event);
+        let stored = serde_json::to_value(&p).unwrap();
+        assert!(stored.get("sendDeletionEvent").is_none(), "{stored}");
+        // Stored before the property existed: off.
+        let old: SubscriptionProperties = serde_json::from_value(stored).unwrap();
+        assert!(!old.send_deletion_event);
+
+        let p = input(serde_json::json!({"destination": hook, "sendDeletionEvent": true})).unwrap();
+        assert!(p.send_deletion_event);
+        assert_eq!(serde_json::to_value(&p).unwrap()["sendDeletionEvent"], true);
+
+        let queue = serde_json::json!({"deliveryMode": "Queue"});
+        let e =
+            input(serde_json::json!({"deliveryConfiguration": queue, "sendDeletionEvent": true}))
+                .unwrap_err();
+        assert!(e.contains("sendDeletionEvent"), "{e}");
+        assert!(
+            input(serde_json::json!({"deliveryConfiguration": queue, "sendDeletionEvent": false}))
+                .is_ok()
+        );
     }
 }

@@ -57,6 +57,9 @@ pub struct Config {
     pub automation_lease_secs: u64,
     /// Days finished jobs are kept.
     pub job_retention_days: u64,
+    /// Hours a topic's events are kept at most, delivered or not; events
+    /// every subscription is done with go sooner.
+    pub event_retention_hours: u64,
     /// The `herald` binary runbooks call (for `herald secret set`, `herald asset get`);
     /// default: this executable.
     pub herald_bin: Option<PathBuf>,
@@ -89,6 +92,8 @@ impl Default for Config {
             sandbox: "auto".into(),
             automation_lease_secs: 30,
             job_retention_days: 30,
+            // The longest eventTimeToLive a subscription may have (P7D).
+            event_retention_hours: 168,
             herald_bin: None,
         }
     }
@@ -205,6 +210,9 @@ impl Config {
                 "dead_letter_url '{u}' must be s3://bucket[/prefix]; leave it unset for DATA_DIR/deadletters"
             ));
         }
+        if self.event_retention_hours == 0 {
+            return bad("event_retention_hours must be at least 1".into());
+        }
         if self.lifecycle_interval_ms == 0 {
             return bad("lifecycle_interval_ms must be at least 1".into());
         }
@@ -260,6 +268,16 @@ mod tests {
         let c = Config::load(Some(&f), None_ {}).unwrap();
         assert_eq!(c.vault_base, "kv.internal");
         assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.event_retention_hours, 168);
+        std::fs::write(&f, "event_retention_hours = 0\n").unwrap();
+        assert!(Config::load(Some(&f), None_ {}).is_err());
+        std::fs::write(&f, "event_retention_hours = 1\n").unwrap();
+        assert_eq!(
+            Config::load(Some(&f), None_ {})
+                .unwrap()
+                .event_retention_hours,
+            1
+        );
         std::fs::write(&f, "listen = \"nope\"\n").unwrap();
         assert!(Config::load(Some(&f), None_ {}).is_err());
     }

@@ -228,11 +228,13 @@ impl Server {
         };
         let sweeper = {
             let router = state.router.clone();
+            let retention =
+                Duration::from_secs(state.config.event_retention_hours.saturating_mul(3600));
             tokio::spawn(as_singleton(
                 state.storage.clone(),
                 "router-duties",
                 shutdown.clone(),
-                move |stop| run_router_duties(router.clone(), stop),
+                move |stop| run_router_duties(router.clone(), retention, stop),
             ))
         };
         tokio::spawn(run_wakeups(
@@ -463,15 +465,41 @@ async fn run_wakeups(
     }
 }
 
-async fn run_router_duties(router: herald_router::RouterService, shutdown: CancellationToken) {
+/// How often topic logs are pruned (event_retention_hours and consumed events).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+async fn run_router_duties(
+    router: herald_router::RouterService,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first pass comes a period after taking the duty, so a start or a
+    // takeover is not slowed by a whole pass over the logs.
+    let mut prune =
+        tokio::time::interval_at(tokio::time::Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if let Err(e) = router.sweep_expired_subscriptions().await {
-            tracing::error!(error = %e, "subscription expiry sweep failed; will retry");
+            _ = tick.tick() => {
+                if let Err(e) = router.sweep_expired_subscriptions().await {
+                    tracing::error!(error = %e, "subscription expiry sweep failed; will retry");
+                }
+            }
+            _ = prune.tick() => {
+                // Each chunk commits on its own, so stopping halfway is safe.
+                let pruned = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = router.prune_event_log(retention) => r,
+                };
+                match pruned {
+                    Ok(n) if n > 0 => tracing::info!(events = n, "event log pruned"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "pruning the event log failed; will retry"),
+                }
+            }
         }
     }
 }

@@ -1216,6 +1216,102 @@ impl RouterStore for PgStorage {
         Ok(done.rows_affected())
     }
 
+    async fn prune_event_log(&self, now_ms: i64, max_age_ms: i64, limit: i64) -> Result<u64> {
+        let limit = limit.max(1);
+        let mut pruned = 0;
+        // Consumed events, topic by topic (logs of deleted vaults included),
+        // in short transactions so appends and claims go on in between.
+        let mut topic = String::new();
+        loop {
+            let next: Option<String> =
+                sqlx::query_scalar("SELECT MIN(topic_id) FROM event_log WHERE topic_id > $1")
+                    .bind(&topic)
+                    .fetch_one(&self.pool)
+                    .await?;
+            let Some(next) = next else { break };
+            topic = next;
+            // Pinned events are skipped, not rescanned: each chunk starts
+            // after the last event the previous one deleted.
+            let mut after = 0;
+            loop {
+                // One statement, one snapshot: a cursor that moved past an
+                // event is seen together with the message or dead letter its
+                // transaction wrote for it, and events appended after a new
+                // subscription's cursor are seen only with that subscription.
+                let mut tx = self.pool.begin().await?;
+                let gone: Vec<i64> = sqlx::query_scalar(
+                    "DELETE FROM event_log WHERE seq IN (\
+                     SELECT e.seq FROM event_log e WHERE e.topic_id = $1 AND e.seq > $2 \
+                     AND e.seq < COALESCE((SELECT MIN(cursor_seq) FROM event_subscriptions \
+                       WHERE topic_id = $1), $4) \
+                     AND NOT EXISTS (SELECT 1 FROM subscription_messages m WHERE m.seq = e.seq) \
+                     AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = e.seq) \
+                     ORDER BY e.seq LIMIT $3) RETURNING seq",
+                )
+                .bind(&topic)
+                .bind(after)
+                .bind(limit)
+                .bind(i64::MAX)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                pruned += gone.len() as u64;
+                match gone.iter().max() {
+                    Some(last) if gone.len() as i64 >= limit => after = *last,
+                    _ => break,
+                }
+            }
+        }
+        // Events past the maximum age, oldest (lowest seq) first, with the
+        // messages still in flight for them.
+        let cutoff = now_ms.saturating_sub(max_age_ms).div_euclid(1000);
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let gone: Vec<i64> = sqlx::query_scalar(
+                "DELETE FROM event_log WHERE seq IN (\
+                 SELECT h.seq FROM (SELECT seq, created FROM event_log ORDER BY seq LIMIT $2) h \
+                 WHERE h.created < $1) RETURNING seq",
+            )
+            .bind(cutoff)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !gone.is_empty() {
+                sqlx::query("DELETE FROM subscription_messages WHERE seq = ANY($1)")
+                    .bind(&gone)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            pruned += gone.len() as u64;
+            // A younger event at the head ends it; older ones behind it (clock
+            // skew between nodes) go on a later run.
+            if (gone.len() as i64) < limit {
+                break;
+            }
+        }
+        // Messages whose event is gone (below the oldest event left), which
+        // claims would otherwise skip forever: e.g. one a claim wrote for an
+        // event while it aged out.
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let done = sqlx::query(
+                "DELETE FROM subscription_messages WHERE (subscription_id, seq) IN (\
+                 SELECT subscription_id, seq FROM subscription_messages \
+                 WHERE seq < COALESCE((SELECT MIN(seq) FROM event_log), $2) LIMIT $1)",
+            )
+            .bind(limit)
+            .bind(i64::MAX)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            if (done.rows_affected() as i64) < limit {
+                break;
+            }
+        }
+        Ok(pruned)
+    }
+
     async fn put_validation(
         &self,
         subscription_id: &str,
@@ -1356,10 +1452,12 @@ impl RouterStore for PgStorage {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(seq) = seq else { continue };
+            // The event row is locked against retention pruning until this
+            // commits, so a replayed message never outlives its event.
             let done = sqlx::query(
                 "INSERT INTO subscription_messages (subscription_id, seq, state, available_at, \
                  delivery_count, enqueued_at) SELECT $1, $2, 'ready', $3, 0, $3 \
-                 WHERE EXISTS (SELECT 1 FROM event_log WHERE seq = $2) \
+                 WHERE EXISTS (SELECT 1 FROM event_log WHERE seq = $2 FOR KEY SHARE) \
                  ON CONFLICT (subscription_id, seq) DO NOTHING",
             )
             .bind(sub)

@@ -260,6 +260,12 @@ pub trait RouterStore: Send + Sync {
     ) -> Result<Vec<(i64, AttemptRecord)>>;
     /// Drops delivery-log rows older than `before_ms`.
     async fn prune_attempts(&self, before_ms: i64) -> Result<u64>;
+    /// Deletes log events no subscription needs any more: below every
+    /// cursor of their topic (all of them on a topic without subscriptions)
+    /// and neither in flight nor dead-lettered. Events older than
+    /// `max_age_ms` go whatever refers to them, with their in-flight
+    /// messages. At most `limit` events per transaction; returns how many.
+    async fn prune_event_log(&self, now_ms: i64, max_age_ms: i64, limit: i64) -> Result<u64>;
     async fn put_validation(
         &self,
         subscription_id: &str,

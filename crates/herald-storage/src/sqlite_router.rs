@@ -1046,6 +1046,124 @@ impl RouterStore for SqliteStorage {
             .await
     }
 
+    async fn prune_event_log(&self, now_ms: i64, max_age_ms: i64, limit: i64) -> Result<u64> {
+        let limit = limit.max(1);
+        let mut pruned = 0;
+        // Consumed events, topic by topic (logs of deleted vaults included),
+        // each chunk its own short write so publishes go on in between.
+        let mut topic = String::new();
+        loop {
+            let next: Option<String> =
+                sqlx::query_scalar("SELECT MIN(topic_id) FROM event_log WHERE topic_id > ?")
+                    .bind(&topic)
+                    .fetch_all(&self.reader)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .flatten();
+            let Some(next) = next else { break };
+            topic = next;
+            // Pinned events are skipped, not rescanned: each chunk starts
+            // after the last event the previous one deleted.
+            let mut after = 0;
+            loop {
+                let t = topic.clone();
+                let gone: Vec<i64> = self
+                    .writer
+                    .write(move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                        Box::pin(async move {
+                            // The floor is read in the same transaction: a
+                            // subscription created since must not lose events.
+                            Ok(sqlx::query_scalar(
+                                "DELETE FROM event_log WHERE seq IN (\
+                                 SELECT e.seq FROM event_log e WHERE e.topic_id = ?1 AND e.seq > ?2 \
+                                 AND e.seq < COALESCE((SELECT MIN(cursor_seq) FROM event_subscriptions \
+                                   WHERE topic_id = ?1), ?4) \
+                                 AND NOT EXISTS (SELECT 1 FROM subscription_messages m WHERE m.seq = e.seq) \
+                                 AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = e.seq) \
+                                 ORDER BY e.seq LIMIT ?3) RETURNING seq",
+                            )
+                            .bind(&t)
+                            .bind(after)
+                            .bind(limit)
+                            .bind(i64::MAX)
+                            .fetch_all(&mut *tx)
+                            .await?)
+                        })
+                    })
+                    .await?;
+                pruned += gone.len() as u64;
+                match gone.iter().max() {
+                    Some(last) if gone.len() as i64 >= limit => after = *last,
+                    _ => break,
+                }
+            }
+        }
+        // Events past the maximum age, oldest (lowest seq) first, with the
+        // messages still in flight for them.
+        let cutoff = now_ms.saturating_sub(max_age_ms).div_euclid(1000);
+        loop {
+            let gone = self
+                .writer
+                .write(
+                    move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                        Box::pin(async move {
+                            const OLD: &str = "SELECT seq FROM (SELECT seq, created FROM event_log \
+                                           ORDER BY seq LIMIT ?2) WHERE created < ?1";
+                            sqlx::query(&format!(
+                                "DELETE FROM subscription_messages WHERE seq IN ({OLD})"
+                            ))
+                            .bind(cutoff)
+                            .bind(limit)
+                            .execute(&mut *tx)
+                            .await?;
+                            let done =
+                                sqlx::query(&format!("DELETE FROM event_log WHERE seq IN ({OLD})"))
+                                    .bind(cutoff)
+                                    .bind(limit)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            Ok(done.rows_affected())
+                        })
+                    },
+                )
+                .await?;
+            pruned += gone;
+            // A younger event at the head ends it; older ones behind it (clock
+            // steps) go on a later run.
+            if (gone as i64) < limit {
+                break;
+            }
+        }
+        // Messages whose event is gone (below the oldest event left), which
+        // claims would otherwise skip forever.
+        loop {
+            let gone = self
+                .writer
+                .write(
+                    move |tx: &mut SqliteConnection| -> BoxFuture<'_, Result<_>> {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "DELETE FROM subscription_messages WHERE rowid IN (\
+                             SELECT rowid FROM subscription_messages \
+                             WHERE seq < COALESCE((SELECT MIN(seq) FROM event_log), ?2) LIMIT ?1)",
+                            )
+                            .bind(limit)
+                            .bind(i64::MAX)
+                            .execute(&mut *tx)
+                            .await?;
+                            Ok(done.rows_affected())
+                        })
+                    },
+                )
+                .await?;
+            if (gone as i64) < limit {
+                break;
+            }
+        }
+        Ok(pruned)
+    }
+
     async fn put_validation(
         &self,
         subscription_id: &str,

@@ -1402,6 +1402,204 @@ async fn race_signing(s: Store) {
     );
 }
 
+/// Events with full Event Grid bodies, so the log can be read back.
+fn logged(n: usize, tag: &str) -> Vec<NewLogEvent> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{tag}-{i}");
+            NewLogEvent {
+                body: serde_json::json!({
+                    "id": id, "topic": "/t", "subject": format!("/{tag}/{i}"),
+                    "eventType": "keep", "eventTime": "2024-01-01T00:00:00.0000000Z",
+                    "data": {}, "dataVersion": "1", "metadataVersion": "1",
+                })
+                .to_string(),
+                event_id: id,
+                event_type: "keep".into(),
+                subject: format!("/{tag}/{i}"),
+            }
+        })
+        .collect()
+}
+
+/// The ids of the events left in a topic's log, oldest first.
+async fn log_ids(s: &Arc<dyn Storage>, topic_id: &str) -> Vec<String> {
+    s.read_events(topic_id, 0, i64::MAX)
+        .await
+        .expect("read the log")
+        .into_iter()
+        .map(|e| e.event.id)
+        .collect()
+}
+
+async fn settle_ok(s: &Arc<dyn Storage>, sub: &str, tokens: Vec<String>, action: SettleAction) {
+    let n = tokens.len();
+    let r = s.settle(sub, tokens, action, now_ms()).await.unwrap();
+    assert_eq!(r, vec![Ok(()); n], "{action:?}");
+}
+
+/// Retention: consumed events go, except those an in-flight message or a
+/// dead letter still refers to; a topic without subscriptions keeps
+/// nothing; the maximum age removes everything older, with its messages.
+async fn event_log_retention(s: Arc<dyn Storage>) {
+    const WEEK_MS: i64 = 7 * DAY_MS;
+    // Two events per transaction: the chunking and its resumption run too.
+    const CHUNK: i64 = 2;
+    let now = now_ms();
+    let t = topic("kept");
+    assert!(s.create_topic(&t).await.unwrap());
+    // Published before any subscription: nobody will ever read it.
+    s.append_events(&t.id, logged(1, "before")).await.unwrap();
+    let (a, b) = (sub(&t.id, "a"), sub(&t.id, "b"));
+    assert!(s.put_subscription(&a).await.unwrap());
+    assert!(s.put_subscription(&b).await.unwrap());
+    s.append_events(&t.id, logged(10, "e")).await.unwrap();
+    let lonely = topic("lonely");
+    assert!(s.create_topic(&lonely).await.unwrap());
+    s.append_events(&lonely.id, logged(3, "l")).await.unwrap();
+
+    // a takes all ten: e3 stays locked, e5 is dead-lettered, e7 is released
+    // for later; the rest are acknowledged.
+    let ca = s.claim(&a.id, &t.id, opts(10, now), all()).await.unwrap();
+    assert_eq!(ca.len(), 10);
+    let token = |i: usize| ca[i].lock_token.clone();
+    let seq_of = |i: usize| ca[i].row.seq;
+    settle_ok(
+        &s,
+        &a.id,
+        [0, 1, 2, 4, 6, 8, 9].map(token).to_vec(),
+        SettleAction::Acknowledge,
+    )
+    .await;
+    settle_ok(&s, &a.id, vec![token(5)], SettleAction::Reject).await;
+    settle_ok(
+        &s,
+        &a.id,
+        vec![token(7)],
+        SettleAction::Release { delay_ms: 0 },
+    )
+    .await;
+    // b has read and acknowledged e0..e5 only.
+    let cb = s.claim(&b.id, &t.id, opts(6, now), all()).await.unwrap();
+    assert_eq!(cb.len(), 6);
+    settle_ok(
+        &s,
+        &b.id,
+        cb.iter().map(|c| c.lock_token.clone()).collect(),
+        SettleAction::Acknowledge,
+    )
+    .await;
+
+    // Below b's cursor, except what a still holds; all of the lonely topic.
+    assert_eq!(s.prune_event_log(now, WEEK_MS, CHUNK).await.unwrap(), 5 + 3);
+    assert_eq!(
+        log_ids(&s, &t.id).await,
+        ["e-3", "e-5", "e-6", "e-7", "e-8", "e-9"]
+    );
+    assert!(log_ids(&s, &lonely.id).await.is_empty());
+    assert_eq!(s.prune_event_log(now, WEEK_MS, CHUNK).await.unwrap(), 0);
+
+    // A subscription created now keeps what is published after it.
+    let late = sub(&lonely.id, "late");
+    assert!(s.put_subscription(&late).await.unwrap());
+    s.append_events(&lonely.id, logged(2, "late"))
+        .await
+        .unwrap();
+
+    // b catches up: only the in-flight e7 survives above e5.
+    let cb = s.claim(&b.id, &t.id, opts(10, now), all()).await.unwrap();
+    assert_eq!(cb.len(), 4);
+    settle_ok(
+        &s,
+        &b.id,
+        cb.iter().map(|c| c.lock_token.clone()).collect(),
+        SettleAction::Acknowledge,
+    )
+    .await;
+    assert_eq!(s.prune_event_log(now, WEEK_MS, CHUNK).await.unwrap(), 3);
+    assert_eq!(log_ids(&s, &t.id).await, ["e-3", "e-5", "e-7"]);
+    assert_eq!(log_ids(&s, &lonely.id).await, ["late-0", "late-1"]);
+
+    // Once acknowledged, e3 goes; the dead letter keeps e5 for a replay.
+    settle_ok(&s, &a.id, vec![token(3)], SettleAction::Acknowledge).await;
+    assert_eq!(s.prune_event_log(now, WEEK_MS, CHUNK).await.unwrap(), 1);
+    assert_eq!(log_ids(&s, &t.id).await, ["e-5", "e-7"]);
+
+    // A message whose event is gone (a retry recorded for e0) is removed.
+    let w = s
+        .peek_fresh(&b.id, &t.id, None, 10, 100, all())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(w.rows.is_empty());
+    let dangling = FreshOutcome::Retry {
+        seq: seq_of(0),
+        retry_at_ms: now,
+        outcome: "HttpError",
+        status: Some(500),
+    };
+    assert!(
+        s.commit_fresh(
+            &b.id,
+            (w.cursor, w.next_cursor, 0, 0),
+            0,
+            vec![dangling],
+            Vec::new(),
+            now
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(s.next_due(&b.id).await.unwrap(), Some(now));
+
+    // Six days on, nothing is old enough yet.
+    assert_eq!(
+        s.prune_event_log(now + 6 * DAY_MS, WEEK_MS, CHUNK)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(s.next_due(&b.id).await.unwrap(), None, "dangling message");
+    assert_eq!(log_ids(&s, &t.id).await, ["e-5", "e-7"]);
+    assert_eq!(log_ids(&s, &lonely.id).await, ["late-0", "late-1"]);
+    assert_eq!(s.backlog(&a.id).await.unwrap(), 1, "e7 in flight");
+    assert_eq!(s.backlog(&late.id).await.unwrap(), 2);
+
+    // Past the maximum age everything goes, in flight or not.
+    assert_eq!(
+        s.prune_event_log(now + 8 * DAY_MS, WEEK_MS, CHUNK)
+            .await
+            .unwrap(),
+        4
+    );
+    assert!(log_ids(&s, &t.id).await.is_empty());
+    assert!(log_ids(&s, &lonely.id).await.is_empty());
+    assert_eq!(s.next_due(&a.id).await.unwrap(), None, "e7's message went");
+    assert_eq!(s.backlog(&a.id).await.unwrap(), 0);
+    assert_eq!(s.backlog(&late.id).await.unwrap(), 0);
+    // The dead letter keeps its own copy; replaying it finds no event.
+    let dl = s.dead_letters(&a.id, 0, 10).await.unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].seq, seq_of(5));
+    assert!(dl[0].body.contains("\"e-5\""), "{}", dl[0].body);
+    assert_eq!(
+        s.replay_dead_letters(&a.id, vec![dl[0].id], now)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // New events after all that are delivered as usual.
+    s.append_events(&t.id, logged(1, "after")).await.unwrap();
+    let ca = s.claim(&a.id, &t.id, opts(10, now), all()).await.unwrap();
+    assert_eq!(
+        ca.iter()
+            .map(|c| c.row.event_id.as_str())
+            .collect::<Vec<_>>(),
+        ["after-0"]
+    );
+}
+
 // ------------------------------------------------------------ the engines
 
 macro_rules! on_both_engines {
@@ -1440,6 +1638,7 @@ on_both_engines!(
     race_commit_fresh,
     race_take_once,
     race_signing,
+    event_log_retention,
 );
 
 /// PostgreSQL only: an append on one node wakes the others (NOTIFY sent in

@@ -1315,3 +1315,227 @@ async fn after_an_outage_everything_arrives_and_no_attempt_is_early() {
         assert!(tries.last().is_some_and(|r| r.at >= outage_end));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Subscription deletion event (§7, opt-in with sendDeletionEvent)
+
+fn deletion_events(rx: &Receiver) -> Vec<Received> {
+    rx.requests()
+        .into_iter()
+        .filter(|r| r.header("aeg-event-type") == Some("SubscriptionDeletion"))
+        .collect()
+}
+
+async fn delete_sub(app: &TestApp, topic: &str, name: &str) -> Resp {
+    mgmt(app, reqwest::Method::DELETE, &sub_path(topic, name), None).await
+}
+
+async fn wait_deletion_events(rx: &Receiver) -> Vec<Received> {
+    eventually("a SubscriptionDeletion request", WAIT, || {
+        let d = deletion_events(rx);
+        std::future::ready((!d.is_empty()).then_some(d))
+    })
+    .await
+}
+
+/// Standard Webhooks: some `v1` signature is the HMAC-SHA256 of
+/// `webhook-id.webhook-timestamp.body` under the secret's key.
+fn signed_with(secret: &str, r: &Received) -> bool {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use hmac::{Hmac, Mac};
+    let key = STANDARD
+        .decode(secret.strip_prefix("whsec_").expect("a whsec_ secret"))
+        .expect("base64 key");
+    let (Some(id), Some(ts), Some(signatures)) = (
+        r.header("webhook-id"),
+        r.header("webhook-timestamp"),
+        r.header("webhook-signature"),
+    ) else {
+        return false;
+    };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).expect("HMAC key");
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(&r.body);
+    let want = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    signatures.split_ascii_whitespace().any(|s| s == want)
+}
+
+#[tokio::test]
+async fn deleting_a_subscription_that_asked_sends_one_signed_deletion_event() {
+    use base64::Engine;
+    let app = delivery_app().await;
+    let rx = Receiver::start().await;
+    topic(&app, "orders", "EventGridSchema").await;
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+    );
+    hook_ok(
+        &app,
+        "orders",
+        "Gone-Hook",
+        &rx.url("/hook?code=abc"),
+        json!({}),
+        json!({ "sendDeletionEvent": true, "signingSecret": secret }),
+    )
+    .await;
+    let shown = get_sub(&app, "orders", "Gone-Hook").await;
+    assert_eq!(shown["sendDeletionEvent"], true, "{shown}");
+    let sub_id = shown["id"].as_str().expect("subscription id").to_owned();
+    assert_eq!(
+        sub_id,
+        format!(
+            "{}/providers/Microsoft.EventGrid/eventSubscriptions/Gone-Hook",
+            topic_arm("orders")
+        )
+    );
+    assert!(deletion_events(&rx).is_empty(), "nothing before the delete");
+
+    let before = chrono::Utc::now();
+    delete_sub(&app, "orders", "Gone-Hook").await.expect(204);
+    let got = wait_deletion_events(&rx).await;
+    // Once and never retried: anything else would arrive within a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(deletion_events(&rx).len(), 1, "{:?}", deletion_events(&rx));
+    let r = &got[0];
+    assert_eq!(r.method, Method::POST);
+    assert_eq!(r.uri, "/hook?code=abc", "the endpoint URL as configured");
+    assert_eq!(r.header("aeg-subscription-name"), Some("GONE-HOOK"));
+    assert_eq!(r.header("aeg-metadata-version"), Some("1"));
+    assert_eq!(r.header("content-type"), Some(EG_JSON));
+    let body = r.json();
+    let events = body.as_array().expect("the body is an array");
+    assert_eq!(events.len(), 1, "{body}");
+    let e = &events[0];
+    let id = e["id"].as_str().expect("id");
+    assert_eq!(id.len(), 36, "a GUID: {id}");
+    assert_eq!(e["topic"], topic_arm("orders"));
+    assert_eq!(e["subject"], "");
+    assert_eq!(
+        e["eventType"],
+        "Microsoft.EventGrid.SubscriptionDeletedEvent"
+    );
+    assert_eq!(e["data"], json!({ "eventSubscriptionId": sub_id }));
+    assert_eq!(e["dataVersion"], "1");
+    assert_eq!(e["metadataVersion"], "1");
+    let at = chrono::DateTime::parse_from_rfc3339(e["eventTime"].as_str().expect("eventTime"))
+        .expect("RFC 3339 eventTime");
+    assert!(
+        at >= before - chrono::Duration::seconds(1) && at <= chrono::Utc::now(),
+        "{at}"
+    );
+    // Signed like deliveries, with the secret read before the delete.
+    assert_eq!(r.header("webhook-id"), Some(id));
+    assert!(signed_with(&secret, r), "{:?}", r.headers);
+
+    mgmt(
+        &app,
+        reqwest::Method::GET,
+        &sub_path("orders", "Gone-Hook"),
+        None,
+    )
+    .await
+    .expect_error(404, "NotFound");
+}
+
+#[tokio::test]
+async fn deletion_events_are_opt_in_and_only_for_validated_webhooks() {
+    let app = delivery_app().await;
+    let rx = Receiver::start().await;
+    topic(&app, "orders", "EventGridSchema").await;
+    // Off by default, and not shown.
+    hook_ok(&app, "orders", "quiet", &rx.url("/q"), json!({}), json!({})).await;
+    let shown = get_sub(&app, "orders", "quiet").await;
+    assert!(shown.get("sendDeletionEvent").is_none(), "{shown}");
+    delete_sub(&app, "orders", "quiet").await.expect(204);
+    // Asked for, but never validated.
+    rx.script(|s| s.validation = Answer::Status(500));
+    let r = put_hook(
+        &app,
+        "orders",
+        "failed",
+        &rx.url("/f"),
+        json!({}),
+        json!({ "sendDeletionEvent": true }),
+    )
+    .await;
+    assert_eq!(r.expect(201)["provisioningState"], "Failed");
+    rx.script(|s| s.validation = Answer::EchoCode);
+    delete_sub(&app, "orders", "failed").await.expect(204);
+
+    // Expiry deletes too (the sweep runs every 5 s), and does announce it.
+    let expires = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    hook_ok(
+        &app,
+        "orders",
+        "expiring",
+        &rx.url("/x"),
+        json!({}),
+        json!({ "sendDeletionEvent": true, "expirationTimeUtc": expires }),
+    )
+    .await;
+    let got = wait_deletion_events(&rx).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = deletion_events(&rx);
+    assert_eq!(all.len(), 1, "only the expired one: {all:?}");
+    assert_eq!(got[0].uri, "/x");
+    assert_eq!(got[0].header("aeg-subscription-name"), Some("EXPIRING"));
+    assert_eq!(
+        got[0].json()[0]["data"]["eventSubscriptionId"],
+        format!(
+            "{}/providers/Microsoft.EventGrid/eventSubscriptions/expiring",
+            topic_arm("orders")
+        )
+    );
+    assert!(
+        got[0].header("webhook-signature").is_none(),
+        "no secret, no signature"
+    );
+    mgmt(
+        &app,
+        reqwest::Method::GET,
+        &sub_path("orders", "expiring"),
+        None,
+    )
+    .await
+    .expect_error(404, "NotFound");
+}
+
+#[tokio::test]
+async fn queue_subscriptions_cannot_ask_for_deletion_events() {
+    let app = delivery_app().await;
+    topic(&app, "orders", "EventGridSchema").await;
+    let r = mgmt(
+        &app,
+        reqwest::Method::PUT,
+        &sub_path("orders", "pull"),
+        Some(json!({
+            "deliveryConfiguration": { "deliveryMode": "Queue" },
+            "sendDeletionEvent": true,
+        })),
+    )
+    .await;
+    r.expect_error(400, "BadRequest");
+    assert!(r.message().contains("sendDeletionEvent"), "{}", r.text);
+    mgmt(
+        &app,
+        reqwest::Method::GET,
+        &sub_path("orders", "pull"),
+        None,
+    )
+    .await
+    .expect_error(404, "NotFound");
+    // Saying no is fine.
+    mgmt(
+        &app,
+        reqwest::Method::PUT,
+        &sub_path("orders", "pull"),
+        Some(json!({
+            "deliveryConfiguration": { "deliveryMode": "Queue" },
+            "sendDeletionEvent": false,
+        })),
+    )
+    .await
+    .expect(201);
+}

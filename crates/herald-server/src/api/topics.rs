@@ -105,10 +105,7 @@ fn subscription_dto(topic: &TopicInfo, s: &Subscription) -> Value {
     v.insert("name".into(), json!(s.record.name));
     v.insert(
         "id".into(),
-        json!(format!(
-            "{}/providers/Microsoft.EventGrid/eventSubscriptions/{}",
-            topic.record.arm_id, s.record.name
-        )),
+        json!(topic.subscription_arm_id(&s.record.name)),
     );
     v.insert("topic".into(), json!(topic.record.arm_id));
     v.insert(
