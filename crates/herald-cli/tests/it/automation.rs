@@ -1200,6 +1200,22 @@ async fn event_grid_validation_is_answered_inline_and_starts_no_job() {
     )
     .await;
     assert_eq!(r.status, 400);
+    // Nor does the notice that the feeding subscription was deleted.
+    let deleted = json!([{
+        "id": "6f3e2c1a-1111-4c7c-bd0c-e34b19da4e66", "topic": "/subscriptions/xx/topics/t", "subject": "",
+        "eventType": "Microsoft.EventGrid.SubscriptionDeletedEvent", "eventTime": "2024-01-15T14:30:00Z",
+        "data": { "eventSubscriptionId": "/subscriptions/xx/providers/Microsoft.EventGrid/eventSubscriptions/s" },
+        "dataVersion": "1", "metadataVersion": "1"
+    }]);
+    let r = app
+        .send(
+            app.client
+                .post(&uri)
+                .header("aeg-event-type", "SubscriptionDeletion")
+                .json(&deleted),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let jobs = auto(&app, Method::GET, "/jobs", None).await;
     assert_eq!(

@@ -84,6 +84,13 @@ async fn invoke_inner(st: AppState, req: Request) -> Result<Response, ApiError> 
         tracing::info!(webhook = %wh.name, "answered an Event Grid validation request");
         return Ok(Json(json!({ "validationResponse": code })).into_response());
     }
+    // The subscription that fed this webhook is gone: nothing to run.
+    if header(&parts.headers, "aeg-event-type")
+        .is_some_and(|v| v.eq_ignore_ascii_case("SubscriptionDeletion"))
+    {
+        tracing::info!(webhook = %wh.name, "an event subscription targeting this webhook was deleted");
+        return Ok(StatusCode::OK.into_response());
+    }
     let idempotency = match header(&parts.headers, "idempotency-key") {
         Some(k) if k.is_empty() || k.len() > 255 => {
             return Err(ApiError::bad_parameter(
