@@ -4,6 +4,7 @@
 
 use crate::http::Outcome;
 use crate::retry;
+use crate::signing::SigningSecret;
 use crate::validation::base_url;
 use crate::{Delivery, upper_name};
 use bytes::Bytes;
@@ -394,16 +395,29 @@ impl Delivery {
         claimed: Vec<ClaimedMessage>,
     ) -> Vec<Sent> {
         let batches = self.form_batches(topic, sub, hook, claimed);
+        // Read once per window: a rotation applies from the next one.
+        let secrets: Arc<Result<Vec<SigningSecret>, String>> = Arc::new(
+            self.router
+                .signing_secrets(&sub.record.id)
+                .await
+                .map(|all| {
+                    all.iter()
+                        .filter_map(|s| SigningSecret::parse(s).ok())
+                        .collect()
+                })
+                .map_err(|e| e.to_string()),
+        );
         let mut tasks = Vec::with_capacity(batches.len());
         for batch in batches {
             let Ok(permit) = gate.clone().acquire_owned().await else {
                 break;
             };
             let this = self.clone();
-            let (topic, sub, hook) = (topic.clone(), sub.clone(), hook.clone());
+            let (topic, sub, hook, secrets) =
+                (topic.clone(), sub.clone(), hook.clone(), secrets.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = permit;
-                this.deliver(&topic, &sub, &hook, batch).await
+                this.deliver(&topic, &sub, &hook, &secrets, batch).await
             }));
         }
         let mut out = Vec::with_capacity(tasks.len());
@@ -536,58 +550,73 @@ impl Delivery {
         let schema = sub.properties.event_delivery_schema;
         let max_events = hook.max_events_per_batch.max(1) as usize;
         let max_bytes = hook.preferred_batch_size_in_kilobytes as usize * 1024;
-        let batched_ce = schema == DeliverySchema::CloudEventSchemaV1_0 && max_events > 1;
-        let mut out = Vec::new();
-        let mut cur: Vec<(ClaimedMessage, String)> = Vec::new();
-        let mut size = 0;
-        let flush = |cur: &mut Vec<(ClaimedMessage, String)>, out: &mut Vec<Batch>| {
-            if cur.is_empty() {
-                return;
-            }
-            let texts: Vec<&str> = cur.iter().map(|(_, t)| t.as_str()).collect();
-            let body = if schema == DeliverySchema::CloudEventSchemaV1_0 && !batched_ce {
-                texts.first().map(|t| (*t).to_owned()).unwrap_or_default()
-            } else {
-                format!("[{}]", texts.join(","))
-            };
-            // Ids come from the log row; only the first event is parsed, for
-            // the aeg-data-version header of Event Grid deliveries.
-            let event_ids = cur.iter().map(|(m, _)| m.row.event_id.clone()).collect();
-            let data_version = if schema == DeliverySchema::EventGridSchema {
-                texts
-                    .first()
-                    .and_then(|t| serde_json::from_str::<DataVersion>(t).ok())
-                    .and_then(|d| d.data_version)
-            } else {
-                None
-            };
-            out.push(Batch {
-                messages: cur.drain(..).map(|(m, _)| m).collect(),
-                body: Bytes::from(body),
-                event_ids,
-                data_version,
-            });
-        };
-        for m in claimed {
-            let text = match schema::render_raw(&m.row.body, &topic.input, schema, false) {
+        // Structured-mode CloudEvents go one per request, unbatched.
+        let single = schema == DeliverySchema::CloudEventSchemaV1_0 && max_events == 1;
+        let max_events = if single { 1 } else { max_events };
+        // Bodies are built from borrowed text (most events need no
+        // conversion); the messages are moved into their batches afterwards.
+        let mut bodies: Vec<(String, usize, Option<String>)> = Vec::new();
+        let mut batch_of: Vec<Option<usize>> = Vec::with_capacity(claimed.len());
+        let mut count = 0;
+        for m in &claimed {
+            let text = match schema::render_raw_cow(&m.row.body, &topic.input, schema, false) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::error!(seq = m.row.seq, error = %e, "stored event does not render; skipping it");
+                    batch_of.push(None);
                     continue;
                 }
             };
-            if !cur.is_empty() && (cur.len() >= max_events || size + text.len() > max_bytes) {
-                flush(&mut cur, &mut out);
-                size = 0;
+            // The finished body (comma, event, closing bracket) stays within
+            // the preferred size; an event larger than that goes alone.
+            let fits = bodies.last().is_some_and(|(body, _, _)| {
+                count < max_events && body.len() + text.len() + 2 <= max_bytes
+            });
+            if !fits {
+                let data_version = (schema == DeliverySchema::EventGridSchema)
+                    .then(|| serde_json::from_str::<DataVersion>(&text).ok())
+                    .flatten()
+                    .and_then(|d| d.data_version);
+                let mut body = String::with_capacity(
+                    ((text.len() + 1) * max_events.min(claimed.len()) + 2)
+                        .min(max_bytes.max(text.len() + 2)),
+                );
+                if !single {
+                    body.push('[');
+                }
+                bodies.push((body, 0, data_version));
+                count = 0;
             }
-            size += text.len();
-            cur.push((m, text));
-            if schema == DeliverySchema::CloudEventSchemaV1_0 && !batched_ce {
-                flush(&mut cur, &mut out);
-                size = 0;
+            let (body, n, _) = bodies.last_mut().expect("a batch was just opened");
+            if *n > 0 {
+                body.push(',');
+            }
+            body.push_str(&text);
+            *n += 1;
+            count += 1;
+            batch_of.push(Some(bodies.len() - 1));
+        }
+        let mut out: Vec<Batch> = bodies
+            .into_iter()
+            .map(|(mut body, n, data_version)| {
+                if !single {
+                    body.push(']');
+                }
+                Batch {
+                    messages: Vec::with_capacity(n),
+                    body: Bytes::from(body),
+                    event_ids: Vec::with_capacity(n),
+                    data_version,
+                }
+            })
+            .collect();
+        for (m, b) in claimed.into_iter().zip(batch_of) {
+            if let Some(b) = b {
+                // Ids come from the log row, not from re-parsing the event.
+                out[b].event_ids.push(m.row.event_id.clone());
+                out[b].messages.push(m);
             }
         }
-        flush(&mut cur, &mut out);
         out
     }
 
@@ -597,6 +626,7 @@ impl Delivery {
         hook: &WebHookProperties,
         batch: &Batch,
         attempt: i64,
+        secrets: &Result<Vec<SigningSecret>, String>,
     ) -> anyhow::Result<Vec<(String, String)>> {
         let schema = sub.properties.event_delivery_schema;
         let mut h = Vec::with_capacity(12);
@@ -677,12 +707,10 @@ impl Delivery {
                 h.push((name.to_owned(), v));
             }
         }
-        let secrets = self.router.signing_secrets(&sub.record.id).await?;
-        if !secrets.is_empty() {
-            let parsed: Vec<crate::signing::SigningSecret> = secrets
-                .iter()
-                .filter_map(|s| crate::signing::SigningSecret::parse(s).ok())
-                .collect();
+        let parsed = secrets
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("signing secrets: {e}"))?;
+        if !parsed.is_empty() {
             // Stable across retries of the same events, as the id must be.
             let msg_id = match (batch.event_ids.first(), batch.event_ids.len()) {
                 (Some(id), 1) => id.clone(),
@@ -690,7 +718,7 @@ impl Delivery {
                 (None, _) => uuid::Uuid::new_v4().to_string(),
             };
             h.extend(crate::signing::signature_headers(
-                &parsed,
+                parsed,
                 &msg_id,
                 Utc::now().timestamp(),
                 &batch.body,
@@ -705,6 +733,7 @@ impl Delivery {
         topic: &TopicInfo,
         sub: &Subscription,
         hook: &WebHookProperties,
+        secrets: &Result<Vec<SigningSecret>, String>,
         batch: Batch,
     ) -> Sent {
         let attempt = batch
@@ -713,7 +742,7 @@ impl Delivery {
             .map(|m| m.delivery_count)
             .max()
             .unwrap_or(1);
-        let outcome = match self.headers(sub, hook, &batch, attempt).await {
+        let outcome = match self.headers(sub, hook, &batch, attempt, secrets).await {
             Ok(headers) => {
                 self.client
                     .send(

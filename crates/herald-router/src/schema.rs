@@ -319,17 +319,31 @@ pub fn render_raw(
     output: DeliverySchema,
     emit_dataversion: bool,
 ) -> Result<String, String> {
+    render_raw_cow(stored, input, output, emit_dataversion).map(std::borrow::Cow::into_owned)
+}
+
+/// [`render_raw`] that borrows the stored text when the schemas match, as
+/// they do for most deliveries.
+pub fn render_raw_cow<'a>(
+    stored: &'a str,
+    input: &InputSchemaKind,
+    output: DeliverySchema,
+    emit_dataversion: bool,
+) -> Result<std::borrow::Cow<'a, str>, String> {
     use DeliverySchema as D;
     use InputSchemaKind as I;
+    use std::borrow::Cow;
     match (input, output) {
         (I::EventGridSchema | I::CustomEventSchema, D::EventGridSchema)
-        | (I::CloudEventSchemaV1_0, D::CloudEventSchemaV1_0) => Ok(stored.to_owned()),
+        | (I::CloudEventSchemaV1_0, D::CloudEventSchemaV1_0) => Ok(Cow::Borrowed(stored)),
         (I::EventGridSchema | I::CustomEventSchema, D::CloudEventSchemaV1_0) => {
-            eventgrid_to_cloudevent(stored, emit_dataversion)
+            eventgrid_to_cloudevent(stored, emit_dataversion).map(Cow::Owned)
         }
         (I::CustomEventSchema, D::CustomInputSchema) => {
             let m = stored_members(stored)?;
-            Ok(m.get("data").map_or("null", |d| d.get()).to_owned())
+            Ok(Cow::Owned(
+                m.get("data").map_or("null", |d| d.get()).to_owned(),
+            ))
         }
         (I::EventGridSchema | I::CloudEventSchemaV1_0, _) => Err(format!(
             "Events published in {input:?} cannot be delivered in {output:?}."
