@@ -12,7 +12,9 @@ use chrono::{TimeZone, Utc};
 use herald_router::schema::{self, DeliverySchema};
 use herald_router::subscription::{Destination, WebHookProperties};
 use herald_router::{RouterService, Subscription, TopicInfo};
-use herald_storage::{AttemptRecord, ClaimOptions, ClaimedMessage, FreshOutcome, SettleAction};
+use herald_storage::{
+    AttemptRecord, ClaimOptions, ClaimedMessage, FreshOutcome, SettleAction, SingletonGuard,
+};
 use http::Method;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -84,7 +86,12 @@ impl Delivery {
             self.clone()
                 .run_deletion_events(deletions, shutdown.clone()),
         );
-        let mut workers: HashMap<String, (i64, CancellationToken)> = HashMap::new();
+        // A worker per subscription, with the delivery lock it runs under.
+        // The dispatcher keeps a handle on the lock, so a worker restarted
+        // for a changed subscription never lets it go; a stopped worker
+        // releases it only once its in-flight requests are done.
+        let mut workers: HashMap<String, (i64, CancellationToken, Arc<SingletonGuard>)> =
+            HashMap::new();
         // Subscriptions another node delivers, and when we last asked.
         let mut elsewhere: HashMap<String, Instant> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -112,34 +119,40 @@ impl Delivery {
                 live.insert(record.id.clone());
                 let fresh = workers
                     .get(&record.id)
-                    .is_some_and(|(updated, _)| *updated == record.updated);
+                    .is_some_and(|(updated, _, _)| *updated == record.updated);
                 if fresh {
                     continue;
                 }
-                if let Some((_, old)) = workers.remove(&record.id) {
+                let held = workers.remove(&record.id).map(|(_, old, guard)| {
                     old.cancel();
-                }
-                if elsewhere
-                    .get(&record.id)
-                    .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
-                {
-                    continue;
-                }
-                // One node delivers a subscription at a time; the lock dies
-                // with its holder, and another node takes over here.
-                let guard = match self
-                    .storage
-                    .try_singleton(&format!("delivery:{}", record.id))
-                    .await
-                {
-                    Ok(Some(g)) => g,
-                    Ok(None) => {
-                        elsewhere.insert(record.id.clone(), Instant::now());
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot take a subscription's delivery lock; will retry");
-                        continue;
+                    guard
+                });
+                let guard = match held {
+                    Some(guard) => guard,
+                    None => {
+                        if elsewhere
+                            .get(&record.id)
+                            .is_some_and(|at| at.elapsed() < Duration::from_secs(5))
+                        {
+                            continue;
+                        }
+                        // One node delivers a subscription at a time; the lock
+                        // dies with its holder, and another node takes over here.
+                        match self
+                            .storage
+                            .try_singleton(&format!("delivery:{}", record.id))
+                            .await
+                        {
+                            Ok(Some(g)) => Arc::new(g),
+                            Ok(None) => {
+                                elsewhere.insert(record.id.clone(), Instant::now());
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot take a subscription's delivery lock; will retry");
+                                continue;
+                            }
+                        }
                     }
                 };
                 elsewhere.remove(&record.id);
@@ -153,14 +166,17 @@ impl Delivery {
                     continue;
                 };
                 let stop = shutdown.child_token();
-                workers.insert(record.id.clone(), (record.updated, stop.clone()));
+                workers.insert(
+                    record.id.clone(),
+                    (record.updated, stop.clone(), guard.clone()),
+                );
                 let this = self.clone();
                 tokio::spawn(async move {
                     this.worker(topic, sub, stop).await;
                     drop(guard);
                 });
             }
-            workers.retain(|id, (_, stop)| {
+            workers.retain(|id, (_, stop, _)| {
                 let keep = live.contains(id);
                 if !keep {
                     stop.cancel();
@@ -181,7 +197,7 @@ impl Delivery {
                 }
             }
         }
-        for (_, (_, stop)) in workers {
+        for (_, (_, stop, _)) in workers {
             stop.cancel();
         }
     }
