@@ -68,7 +68,7 @@ pub struct ServeArgs {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_allowed_cidrs: Option<Vec<String>>,
-    /// Multiply the webhook retry schedule (0 < x <= 1), e.g. 0.01 for demos [default: 1]
+    /// Multiply the webhook retry schedule and event time to live (0 < x <= 1), e.g. 0.01 for demos [default: 1]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_retry_scale: Option<f64>,

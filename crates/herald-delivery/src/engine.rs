@@ -258,7 +258,7 @@ impl Delivery {
                 lock_ms: IN_FLIGHT_LOCK_MS,
                 // Attempts are capped when settling; this is a backstop.
                 max_delivery_count: sub.properties.retry_policy.max_delivery_attempts + 1,
-                ttl_ms: sub.properties.retry_policy.event_time_to_live_in_minutes * 60_000,
+                ttl_ms: self.ttl_ms(&sub),
                 scan_limit: 0,
             };
             // Only go through the writer when a retry is actually due.
@@ -326,11 +326,21 @@ impl Delivery {
                                 delivery_count: 1,
                             })
                             .collect();
-                        let sent = if claimed.is_empty() {
+                        // Events that outlived their time to live (the worker
+                        // was held back or down) are dead letters, not sends.
+                        let now_ms = Utc::now().timestamp_millis();
+                        let ttl_ms = self.ttl_ms(&sub);
+                        let (expired, live): (Vec<_>, Vec<_>) = claimed
+                            .into_iter()
+                            .partition(|m| now_ms - m.row.published_at * 1000 >= ttl_ms);
+                        let mut sent = if live.is_empty() {
                             Vec::new()
                         } else {
-                            self.send_all(&topic, &sub, &hook, &gate, claimed).await
+                            self.send_all(&topic, &sub, &hook, &gate, live).await
                         };
+                        if !expired.is_empty() {
+                            sent.push(self.expire(&topic, &sub, expired, now_ms).await);
+                        }
                         // Windows commit in order: the previous one first. If it
                         // failed, this window was read past a cursor that never
                         // moved: drop it and read again from the stored cursor.
@@ -377,6 +387,46 @@ impl Delivery {
                     _ = tokio::time::sleep(until_due.min(Duration::from_millis(50))) => {}
                 }
             }
+        }
+    }
+
+    /// A subscription's event time to live; the demo scale compresses it
+    /// with the retry schedule it bounds.
+    fn ttl_ms(&self, sub: &Subscription) -> i64 {
+        let minutes = sub
+            .properties
+            .retry_policy
+            .event_time_to_live_in_minutes
+            .max(1) as u64;
+        self.scaled(Duration::from_secs(minutes * 60)).as_millis() as i64
+    }
+
+    /// Dead-letters new events that expired before they could be sent.
+    async fn expire(
+        &self,
+        topic: &TopicInfo,
+        sub: &Subscription,
+        messages: Vec<ClaimedMessage>,
+        now_ms: i64,
+    ) -> Sent {
+        let reason = "TimeToLiveExceeded";
+        // Never attempted: Event Grid's closest outcome is Canceled.
+        let outcome = "Canceled";
+        let batch = Batch {
+            event_ids: messages.iter().map(|m| m.row.event_id.clone()).collect(),
+            messages,
+            body: Bytes::new(),
+            data_version: None,
+        };
+        self.write_dead_letter_objects(topic, sub, &batch, reason, outcome, None, 0, now_ms)
+            .await;
+        Sent {
+            messages: batch.messages,
+            verdict: Verdict::DeadLetter { reason },
+            outcome,
+            status: None,
+            attempts: Vec::new(),
+            at_ms: now_ms,
         }
     }
 
@@ -835,25 +885,30 @@ impl Delivery {
             _ => {
                 let wait = retry::schedule(attempt).max(retry::status_minimum(status));
                 let mut delay = self.scaled(retry::jitter(wait));
+                let ttl_ms = self.ttl_ms(sub);
+                let ttl_left_ms = batch
+                    .messages
+                    .iter()
+                    .map(|m| m.row.published_at * 1000 + ttl_ms - now_ms)
+                    .min()
+                    .unwrap_or(0)
+                    .max(0);
                 // The receiver's own Retry-After is a floor the demo scale
-                // must not shrink; it is capped by what is left of the TTL.
+                // must not shrink.
                 if matches!(status, Some(429) | Some(503))
                     && let Some(ra) = retry_after
                 {
-                    let ttl_left_ms = batch
-                        .messages
-                        .iter()
-                        .map(|m| {
-                            m.row.published_at * 1000
-                                + sub.properties.retry_policy.event_time_to_live_in_minutes * 60_000
-                                - now_ms
-                        })
-                        .min()
-                        .unwrap_or(0)
-                        .max(0);
-                    delay = delay.max(ra.min(Duration::from_millis(ttl_left_ms as u64)));
+                    delay = delay.max(ra);
                 }
-                Verdict::Retry { delay }
+                // No attempt fits before the events expire: they are dead
+                // letters now rather than at the end of their time to live.
+                if delay.as_millis() as i64 >= ttl_left_ms {
+                    Verdict::DeadLetter {
+                        reason: "TimeToLiveExceeded",
+                    }
+                } else {
+                    Verdict::Retry { delay }
+                }
             }
         };
         self.note_health(sub, &verdict, outcome_name);

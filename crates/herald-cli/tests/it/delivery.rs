@@ -1084,6 +1084,81 @@ async fn max_delivery_attempts_then_dead_letter_then_replay() {
 }
 
 #[tokio::test]
+async fn events_that_outlive_their_time_to_live_are_dead_lettered() {
+    let app = delivery_app().await;
+    let rx = Receiver::start().await;
+    rx.script(|s| s.notify = Answer::Status(503));
+    let key = topic(&app, "orders", "EventGridSchema").await;
+    // 60 minutes, compressed by SCALE to 3.6 s; the 30 attempts never run out.
+    let extra = merge(
+        json!({ "retryPolicy": { "maxDeliveryAttempts": 30, "eventTimeToLiveInMinutes": 60 } }),
+        dead_letter_destination("ttl"),
+    );
+    hook_ok(&app, "orders", "ttl-sub", &rx.url("/t"), json!({}), extra).await;
+    let published = std::time::Instant::now();
+    publish(&app, "orders", &key, &json!([eg("t-1", json!({}))])).await;
+    let dl = wait_dead_letters(&app, "orders", "ttl-sub", 1).await;
+    let took = published.elapsed();
+    assert_eq!(dl[0]["deadLetterReason"], "TimeToLiveExceeded", "{dl:?}");
+    assert_eq!(dl[0]["lastDeliveryOutcome"], "Busy");
+    let attempts = dl[0]["deliveryAttempts"].as_i64().expect("attempts");
+    // The scaled schedule fits 5-7 attempts into 3.6 s (publish times are
+    // whole seconds), and none after the event expired.
+    assert!((4..30).contains(&attempts), "{attempts} attempts");
+    assert!(
+        took < Duration::from_secs(5),
+        "dead-lettered after {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.notifications().len() as i64, attempts);
+    // The dead-letter destination gets it too.
+    let root = app
+        .data_dir
+        .path()
+        .join("deadletters")
+        .join("ttl")
+        .join("TTL-SUB");
+    let files = eventually("a dead-letter blob", WAIT, || {
+        let f = if root.exists() {
+            files_under(&root)
+        } else {
+            Vec::new()
+        };
+        std::future::ready((!f.is_empty()).then_some(f))
+    })
+    .await;
+    let blob: Value =
+        serde_json::from_slice(&std::fs::read(&files[0]).expect("read blob")).expect("JSON blob");
+    assert_eq!(blob[0]["id"], "t-1");
+    assert_eq!(blob[0]["deadLetterReason"], "TimeToLiveExceeded");
+
+    // Events that waited past their time to live for the subscription to be
+    // validated are dead-lettered without being sent.
+    let rx2 = Receiver::start().await;
+    rx2.script(|s| s.validation = Answer::Ok);
+    let extra = merge(
+        json!({ "retryPolicy": { "eventTimeToLiveInMinutes": 1 } }),
+        dead_letter_destination("ttl2"),
+    );
+    let r = put_hook(&app, "orders", "held", &rx2.url("/h"), json!({}), extra).await;
+    assert_eq!(r.expect(201)["provisioningState"], "AwaitingManualAction");
+    let link = rx2.requests()[0].json()[0]["data"]["validationUrl"]
+        .as_str()
+        .expect("validationUrl")
+        .to_owned();
+    publish(&app, "orders", &key, &json!([eg("stale", json!({}))])).await;
+    // 1 minute is 60 ms at SCALE; publish times are whole seconds.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let r = app.send(app.client.get(&link)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let dl = wait_dead_letters(&app, "orders", "held", 1).await;
+    assert_eq!(dl[0]["deadLetterReason"], "TimeToLiveExceeded", "{dl:?}");
+    assert_eq!(dl[0]["lastDeliveryOutcome"], "Canceled");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(rx2.notifications().is_empty(), "an expired event was sent");
+}
+
+#[tokio::test]
 async fn replay_with_an_empty_body_replays_every_dead_letter() {
     let app = delivery_app().await;
     let rx = Receiver::start().await;
