@@ -258,7 +258,9 @@ impl Delivery {
                 lock_ms: IN_FLIGHT_LOCK_MS,
                 // Attempts are capped when settling; this is a backstop.
                 max_delivery_count: sub.properties.retry_policy.max_delivery_attempts + 1,
-                ttl_ms: self.ttl_ms(&sub),
+                // Expiry is decided below, so expired retries reach the
+                // dead-letter destination too.
+                ttl_ms: i64::MAX / 4,
                 scan_limit: 0,
             };
             // Only go through the writer when a retry is actually due.
@@ -281,7 +283,20 @@ impl Delivery {
             };
             let mut worked = !retries.is_empty();
             if !retries.is_empty() {
-                let sent = self.send_all(&topic, &sub, &hook, &gate, retries).await;
+                // Retries that were due while no worker ran may have expired.
+                let now_ms = Utc::now().timestamp_millis();
+                let ttl_ms = self.ttl_ms(&sub);
+                let (expired, live): (Vec<_>, Vec<_>) = retries
+                    .into_iter()
+                    .partition(|m| now_ms - m.row.published_at * 1000 >= ttl_ms);
+                let mut sent = if live.is_empty() {
+                    Vec::new()
+                } else {
+                    self.send_all(&topic, &sub, &hook, &gate, live).await
+                };
+                if !expired.is_empty() {
+                    sent.extend(self.expire(&topic, &sub, expired, now_ms).await);
+                }
                 self.settle_sent(&sub, sent).await;
             }
             // Then new events past the cursor, delivered before any row is
@@ -324,6 +339,8 @@ impl Delivery {
                                 row,
                                 lock_token: String::new(),
                                 delivery_count: 1,
+                                last_outcome: None,
+                                last_status: None,
                             })
                             .collect();
                         // Events that outlived their time to live (the worker
@@ -339,7 +356,7 @@ impl Delivery {
                             self.send_all(&topic, &sub, &hook, &gate, live).await
                         };
                         if !expired.is_empty() {
-                            sent.push(self.expire(&topic, &sub, expired, now_ms).await);
+                            sent.extend(self.expire(&topic, &sub, expired, now_ms).await);
                         }
                         // Windows commit in order: the previous one first. If it
                         // failed, this window was read past a cursor that never
@@ -401,33 +418,56 @@ impl Delivery {
         self.scaled(Duration::from_secs(minutes * 60)).as_millis() as i64
     }
 
-    /// Dead-letters new events that expired before they could be sent.
+    /// Dead-letters events that expired before their next attempt, grouped
+    /// by how their last attempt ended (never attempted: Canceled, Event
+    /// Grid's closest outcome).
     async fn expire(
         &self,
         topic: &TopicInfo,
         sub: &Subscription,
         messages: Vec<ClaimedMessage>,
         now_ms: i64,
-    ) -> Sent {
+    ) -> Vec<Sent> {
         let reason = "TimeToLiveExceeded";
-        // Never attempted: Event Grid's closest outcome is Canceled.
-        let outcome = "Canceled";
-        let batch = Batch {
-            event_ids: messages.iter().map(|m| m.row.event_id.clone()).collect(),
-            messages,
-            body: Bytes::new(),
-            data_version: None,
-        };
-        self.write_dead_letter_objects(topic, sub, &batch, reason, outcome, None, 0, now_ms)
-            .await;
-        Sent {
-            messages: batch.messages,
-            verdict: Verdict::DeadLetter { reason },
-            outcome,
-            status: None,
-            attempts: Vec::new(),
-            at_ms: now_ms,
+        let mut groups: Vec<(&'static str, Option<u16>, i64, Vec<ClaimedMessage>)> = Vec::new();
+        for m in messages {
+            let outcome = retry::known_outcome(m.last_outcome.as_deref().unwrap_or("Canceled"));
+            // The fresh path reports 1; an event never sent had no attempt.
+            let attempts = if m.last_outcome.is_some() {
+                m.delivery_count - 1
+            } else {
+                0
+            };
+            match groups
+                .iter_mut()
+                .find(|g| g.0 == outcome && g.1 == m.last_status && g.2 == attempts)
+            {
+                Some(g) => g.3.push(m),
+                None => groups.push((outcome, m.last_status, attempts, vec![m])),
+            }
         }
+        let mut out = Vec::with_capacity(groups.len());
+        for (outcome, status, attempts, messages) in groups {
+            let batch = Batch {
+                event_ids: messages.iter().map(|m| m.row.event_id.clone()).collect(),
+                messages,
+                body: Bytes::new(),
+                data_version: None,
+            };
+            self.write_dead_letter_objects(
+                topic, sub, &batch, reason, outcome, status, attempts, now_ms,
+            )
+            .await;
+            out.push(Sent {
+                messages: batch.messages,
+                verdict: Verdict::DeadLetter { reason },
+                outcome,
+                status,
+                attempts: Vec::new(),
+                at_ms: now_ms,
+            });
+        }
+        out
     }
 
     /// Reads the next window of new events past `from` (or the stored cursor).

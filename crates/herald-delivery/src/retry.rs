@@ -46,6 +46,29 @@ pub fn outcome_for_status(status: u16) -> &'static str {
     }
 }
 
+/// A stored outcome name as the static name the engine records; anything
+/// unknown becomes Aborted.
+pub fn known_outcome(name: &str) -> &'static str {
+    [
+        "Delivered",
+        "BadRequest",
+        "Unauthorized",
+        "Forbidden",
+        "NotFound",
+        "PayloadTooLarge",
+        "Busy",
+        "Aborted",
+        "TimedOut",
+        "ResolutionError",
+        "SocketError",
+        "Canceled",
+        "Probation",
+    ]
+    .into_iter()
+    .find(|known| *known == name)
+    .unwrap_or("Aborted")
+}
+
 /// How long an endpoint stays on probation after this outcome.
 pub fn probation_for(outcome: &str) -> Duration {
     Duration::from_secs(match outcome {
@@ -64,6 +87,17 @@ pub fn jitter(wait: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_outcomes_map_to_known_names() {
+        for status in [200, 400, 401, 403, 404, 413, 429, 500] {
+            let name = outcome_for_status(status);
+            assert_eq!(known_outcome(name), name);
+        }
+        assert_eq!(known_outcome("Canceled"), "Canceled");
+        assert_eq!(known_outcome("TimedOut"), "TimedOut");
+        assert_eq!(known_outcome("whatever"), "Aborted");
+    }
 
     #[test]
     fn schedule_matches_event_grid() {

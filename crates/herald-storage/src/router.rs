@@ -62,6 +62,9 @@ pub struct ClaimedMessage {
     pub row: LogRow,
     pub lock_token: String,
     pub delivery_count: i64,
+    /// The outcome and HTTP status of the previous push attempt, if any.
+    pub last_outcome: Option<String>,
+    pub last_status: Option<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

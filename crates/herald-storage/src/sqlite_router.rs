@@ -162,7 +162,7 @@ async fn claim_in(
 
     // Messages already in flight that are due again come first, in order.
     let due = sqlx::query(
-        "SELECT m.seq, m.delivery_count, m.last_outcome, e.event_id, e.event_type, e.subject, e.body, e.created \
+        "SELECT m.seq, m.delivery_count, m.last_outcome, m.last_status, e.event_id, e.event_type, e.subject, e.body, e.created \
          FROM subscription_messages m JOIN event_log e ON e.seq = m.seq \
          WHERE m.subscription_id = ?1 AND m.available_at <= ?2 \
          ORDER BY m.seq LIMIT ?3",
@@ -219,6 +219,10 @@ async fn claim_in(
             row,
             lock_token: token,
             delivery_count: count + 1,
+            last_status: r
+                .try_get::<Option<i64>, _>("last_status")?
+                .and_then(|v| u16::try_from(v).ok()),
+            last_outcome: outcome,
         });
     }
     if out.len() as i64 >= o.max {
@@ -282,6 +286,8 @@ async fn claim_in(
                 row,
                 lock_token: token,
                 delivery_count: 1,
+                last_outcome: None,
+                last_status: None,
             });
         }
     }

@@ -1159,6 +1159,56 @@ async fn events_that_outlive_their_time_to_live_are_dead_lettered() {
 }
 
 #[tokio::test]
+async fn retries_that_expired_while_herald_was_down_are_dead_lettered_with_the_blob() {
+    let mut app = delivery_app().await;
+    let rx = Receiver::start().await;
+    rx.script(|s| s.notify = Answer::Status(503));
+    let key = topic(&app, "orders", "EventGridSchema").await;
+    // 60 minutes at SCALE is 3.6 s.
+    let extra = merge(
+        json!({ "retryPolicy": { "eventTimeToLiveInMinutes": 60 } }),
+        dead_letter_destination("down"),
+    );
+    hook_ok(&app, "orders", "down", &rx.url("/d"), json!({}), extra).await;
+    publish(&app, "orders", &key, &json!([eg("d-1", json!({}))])).await;
+    // Five attempts take ~0.4 s; the sixth is due ~0.6 s later, well inside
+    // the time to live. Stop in between, and stay down past it.
+    rx.wait_notifications("five attempts", |n| n.len() >= 5)
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.stop().await;
+    let sent = rx.notifications().len();
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    app.restart().await;
+    let dl = wait_dead_letters(&app, "orders", "down", 1).await;
+    assert_eq!(dl[0]["deadLetterReason"], "TimeToLiveExceeded", "{dl:?}");
+    assert_eq!(dl[0]["lastDeliveryOutcome"], "Busy");
+    assert_eq!(rx.notifications().len(), sent, "an expired event was sent");
+    let root = app
+        .data_dir
+        .path()
+        .join("deadletters")
+        .join("down")
+        .join("DOWN");
+    let files = eventually("a dead-letter blob", WAIT, || {
+        let f = if root.exists() {
+            files_under(&root)
+        } else {
+            Vec::new()
+        };
+        std::future::ready((!f.is_empty()).then_some(f))
+    })
+    .await;
+    let blob: Value =
+        serde_json::from_slice(&std::fs::read(&files[0]).expect("read blob")).expect("JSON blob");
+    assert_eq!(blob[0]["id"], "d-1");
+    assert_eq!(blob[0]["deadLetterReason"], "TimeToLiveExceeded");
+    assert_eq!(blob[0]["lastDeliveryOutcome"], "Busy");
+    assert_eq!(blob[0]["lastHttpStatusCode"], 503, "{blob}");
+    assert_eq!(blob[0]["deliveryAttempts"], sent as i64, "{blob}");
+}
+
+#[tokio::test]
 async fn replay_with_an_empty_body_replays_every_dead_letter() {
     let app = delivery_app().await;
     let rx = Receiver::start().await;
