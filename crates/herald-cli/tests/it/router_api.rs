@@ -2786,6 +2786,9 @@ async fn a_waiting_receive_returns_as_soon_as_an_event_is_published() {
     // Give the receive time to start waiting, then publish from here.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!waiting.is_finished(), "receive returned before any event");
+    // Taken before the publish: the waiting receive may see the committed
+    // event before the publisher has read its 200.
+    let published_at = started.elapsed();
     publish_ok(
         &app,
         "orders",
@@ -2793,7 +2796,6 @@ async fn a_waiting_receive_returns_as_soon_as_an_event_is_published() {
         &json!([eg("late", "t", "s", json!({}))]),
     )
     .await;
-    let published_at = started.elapsed();
     let (items, took) = tokio::time::timeout(Duration::from_secs(15), waiting)
         .await
         .expect("receive finishes")
