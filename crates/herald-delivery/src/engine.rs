@@ -541,6 +541,8 @@ impl Delivery {
         let mut acks = Vec::new();
         let now_ms = Utc::now().timestamp_millis();
         for s in sent {
+            // Only `expire` yields a verdict without a logged request.
+            let attempted = !s.attempts.is_empty();
             attempts.extend(s.attempts);
             let tokens: Vec<String> = s.messages.iter().map(|m| m.lock_token.clone()).collect();
             let action = match s.verdict {
@@ -557,6 +559,7 @@ impl Delivery {
                     reason,
                     outcome: s.outcome,
                     status: s.status,
+                    attempted,
                 },
             };
             if let Err(e) = self
@@ -593,6 +596,7 @@ impl Delivery {
         let mut outcomes = Vec::new();
         let mut delivered = 0;
         for s in sent {
+            let attempted = !s.attempts.is_empty();
             attempts.extend(s.attempts);
             match s.verdict {
                 Verdict::Delivered => delivered += s.messages.len() as i64,
@@ -613,6 +617,7 @@ impl Delivery {
                             reason,
                             outcome: s.outcome,
                             status: s.status,
+                            attempted,
                         });
                     }
                 }

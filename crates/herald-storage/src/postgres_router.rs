@@ -646,16 +646,22 @@ async fn settle_in(
                 reason,
                 outcome,
                 status,
+                attempted,
             } => {
                 let rows = settled_rows(tx, sub, &settled).await?;
                 for seq in &settled {
-                    let (row, count, _) = rows.get(seq).ok_or(sqlx::Error::RowNotFound)?;
+                    let (row, claimed, _) = rows.get(seq).ok_or(sqlx::Error::RowNotFound)?;
+                    let count = if attempted {
+                        *claimed
+                    } else {
+                        (*claimed - 1).max(0)
+                    };
                     dead_letter(
                         tx,
                         &mut bumps,
                         row,
                         reason,
-                        *count,
+                        count,
                         Some(outcome),
                         status,
                         now_ms,
@@ -1135,13 +1141,14 @@ impl RouterStore for PgStorage {
                     reason,
                     outcome,
                     status,
+                    attempted,
                 } => {
                     dead_letter(
                         &mut tx,
                         &mut bumps,
                         row,
                         reason,
-                        1,
+                        i64::from(*attempted),
                         Some(outcome),
                         *status,
                         now_ms,

@@ -91,6 +91,9 @@ pub enum SettleAction {
         reason: &'static str,
         outcome: &'static str,
         status: Option<u16>,
+        /// False when the claim sent nothing (a retry that expired while it
+        /// waited): the claim's count is then one past the attempts made.
+        attempted: bool,
     },
 }
 
@@ -122,6 +125,8 @@ pub enum FreshOutcome {
         reason: &'static str,
         outcome: &'static str,
         status: Option<u16>,
+        /// False for an event that expired before it was ever sent.
+        attempted: bool,
     },
 }
 

@@ -434,6 +434,7 @@ async fn settle_in(
                 reason,
                 outcome,
                 status,
+                attempted,
             } => {
                 for seq in chunk {
                     let row = sqlx::query(
@@ -445,7 +446,12 @@ async fn settle_in(
                     .bind(seq)
                     .fetch_one(&mut *tx)
                     .await?;
-                    let count: i64 = row.try_get("delivery_count")?;
+                    let claimed: i64 = row.try_get("delivery_count")?;
+                    let count = if attempted {
+                        claimed
+                    } else {
+                        (claimed - 1).max(0)
+                    };
                     dead_letter_with_status(
                         tx,
                         sub,
@@ -941,8 +947,9 @@ impl RouterStore for SqliteStorage {
                                 .execute(&mut *tx)
                                 .await?;
                             }
-                            FreshOutcome::DeadLetter { row, reason, outcome, status } => {
-                                dead_letter_with_status(tx, &sub, row, reason, 1, Some(outcome), *status, now_ms).await?;
+                            FreshOutcome::DeadLetter { row, reason, outcome, status, attempted } => {
+                                let count = i64::from(*attempted);
+                                dead_letter_with_status(tx, &sub, row, reason, count, Some(outcome), *status, now_ms).await?;
                             }
                         }
                     }

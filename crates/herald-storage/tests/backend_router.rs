@@ -719,11 +719,13 @@ async fn push_windows(s: Store) {
             outcome: "HttpError",
             status: Some(503),
         },
+        // Expired before it was ever sent: no attempt is counted.
         FreshOutcome::DeadLetter {
             row: w.rows[3].clone(),
-            reason: "DeliveryFailed",
-            outcome: "Unauthorized",
-            status: Some(401),
+            reason: "TimeToLiveExceeded",
+            outcome: "Canceled",
+            status: None,
+            attempted: false,
         },
     ];
     let attempts = vec![
@@ -776,7 +778,7 @@ async fn push_windows(s: Store) {
             dl[0].delivery_count,
             dl[0].last_outcome.as_deref()
         ),
-        (w.rows[3].seq, "DeliveryFailed", 1, Some("Unauthorized"))
+        (w.rows[3].seq, "TimeToLiveExceeded", 0, Some("Canceled"))
     );
     assert_eq!(s.next_due(&sb.id).await.unwrap(), Some(now + 5000));
     assert_eq!(s.backlog(&sb.id).await.unwrap(), 1);
@@ -836,7 +838,8 @@ async fn push_windows(s: Store) {
             SettleAction::DeadLetter {
                 reason: "MaxDeliveryAttemptsExceeded",
                 outcome: "HttpError",
-                status: Some(500)
+                status: Some(500),
+                attempted: true,
             },
             now + 6000
         )

@@ -1155,6 +1155,7 @@ async fn events_that_outlive_their_time_to_live_are_dead_lettered() {
     let dl = wait_dead_letters(&app, "orders", "held", 1).await;
     assert_eq!(dl[0]["deadLetterReason"], "TimeToLiveExceeded", "{dl:?}");
     assert_eq!(dl[0]["lastDeliveryOutcome"], "Canceled");
+    assert_eq!(dl[0]["deliveryAttempts"], 0, "never sent: {dl:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(rx2.notifications().is_empty(), "an expired event was sent");
 }
@@ -1184,6 +1185,7 @@ async fn retries_that_expired_while_herald_was_down_are_dead_lettered_with_the_b
     let dl = wait_dead_letters(&app, "orders", "down", 1).await;
     assert_eq!(dl[0]["deadLetterReason"], "TimeToLiveExceeded", "{dl:?}");
     assert_eq!(dl[0]["lastDeliveryOutcome"], "Busy");
+    assert_eq!(dl[0]["deliveryAttempts"], sent as i64, "{dl:?}");
     assert_eq!(rx.notifications().len(), sent, "an expired event was sent");
     let root = app
         .data_dir
