@@ -43,6 +43,8 @@ enum Answer {
     RetryAfter(u16, u64),
     /// 200 to OPTIONS with `WebHook-Allowed-Origin: *`.
     AllowAnyOrigin,
+    /// 302 to another path of this receiver, which must never be followed.
+    Redirect(&'static str),
 }
 
 struct Script {
@@ -219,6 +221,7 @@ async fn answer(
         Answer::AllowAnyOrigin => {
             (StatusCode::OK, [("webhook-allowed-origin", "*")]).into_response()
         }
+        Answer::Redirect(to) => (StatusCode::FOUND, [("location", to)]).into_response(),
     }
 }
 
@@ -923,6 +926,119 @@ async fn failed_deliveries_are_retried_on_the_scaled_schedule() {
     .await;
     assert_eq!(log.len(), 3, "{log:?}");
     assert_eq!(rx.notifications().len(), 3);
+}
+
+/// One subscription per status, each on its own receiver: only 200–204 are
+/// success, 400/401/403/410/413 are dead-lettered at once, everything else
+/// (other 2xx, redirects, 404, 408, 429, 5xx) is retried to the cap.
+#[tokio::test]
+async fn every_status_class_is_treated_as_event_grid_does() {
+    struct Case {
+        answer: Answer,
+        attempts: usize,
+        outcome: &'static str,
+        reason: Option<&'static str>,
+    }
+    const MAX: &str = "MaxDeliveryAttemptsExceeded";
+    const CLIENT: &str = "UndeliverableDueToClientError";
+    let case = |answer, attempts, outcome, reason| Case {
+        answer,
+        attempts,
+        outcome,
+        reason,
+    };
+    let cases = [
+        case(Answer::Status(200), 1, "Delivered", None),
+        case(Answer::Status(201), 1, "Delivered", None),
+        case(Answer::Status(202), 1, "Delivered", None),
+        case(Answer::Status(204), 1, "Delivered", None),
+        case(Answer::Status(206), 2, "Aborted", Some(MAX)),
+        case(Answer::Redirect("/elsewhere"), 2, "Aborted", Some(MAX)),
+        case(Answer::Status(400), 1, "BadRequest", Some(CLIENT)),
+        case(Answer::Status(401), 1, "Unauthorized", Some(CLIENT)),
+        case(Answer::Status(403), 1, "Forbidden", Some(CLIENT)),
+        case(Answer::Status(404), 2, "NotFound", Some(MAX)),
+        case(Answer::Status(408), 2, "Aborted", Some(MAX)),
+        case(Answer::Status(410), 1, "NotFound", Some(CLIENT)),
+        case(Answer::Status(413), 1, "PayloadTooLarge", Some(CLIENT)),
+        case(Answer::RetryAfter(429, 1), 2, "Busy", Some(MAX)),
+        case(Answer::Status(500), 2, "Aborted", Some(MAX)),
+        case(Answer::Status(503), 2, "Busy", Some(MAX)),
+    ];
+    let app = delivery_app().await;
+    let key = topic(&app, "statuses", "EventGridSchema").await;
+    let policy =
+        json!({ "retryPolicy": { "maxDeliveryAttempts": 2, "eventTimeToLiveInMinutes": 1440 } });
+    let mut receivers = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let rx = Receiver::start().await;
+        let answer = c.answer.clone();
+        rx.script(|s| s.notify = answer);
+        let extra = merge(policy.clone(), dead_letter_destination("dl"));
+        hook_ok(
+            &app,
+            "statuses",
+            &format!("status-{i}"),
+            &rx.url("/hook"),
+            json!({}),
+            extra,
+        )
+        .await;
+        receivers.push(rx);
+    }
+    publish(&app, "statuses", &key, &json!([eg("st-1", json!({}))])).await;
+
+    for (i, (c, rx)) in cases.iter().zip(&receivers).enumerate() {
+        let sub = format!("status-{i}");
+        let what = format!("{:?}", c.answer);
+        match c.reason {
+            Some(reason) => {
+                let dl = wait_dead_letters(&app, "statuses", &sub, 1).await;
+                assert_eq!(dl[0]["deadLetterReason"], reason, "{what}: {dl:?}");
+                assert_eq!(dl[0]["lastDeliveryOutcome"], c.outcome, "{what}: {dl:?}");
+                assert_eq!(dl[0]["deliveryAttempts"], c.attempts, "{what}: {dl:?}");
+            }
+            None => {
+                rx.wait_events(1).await;
+            }
+        }
+        let notes = rx.notifications();
+        assert_eq!(notes.len(), c.attempts, "{what}: attempts");
+        let log = eventually(&format!("{what}: logged attempts"), WAIT, || async {
+            let a = attempts(&app, "statuses", &sub).await;
+            (a.len() >= c.attempts).then_some(a)
+        })
+        .await;
+        assert!(
+            log.iter().any(|a| a["outcome"] == c.outcome),
+            "{what}: {log:?}"
+        );
+        assert!(
+            rx.requests().iter().all(|r| r.uri != "/elsewhere"),
+            "{what}: a redirect was followed"
+        );
+        if let Answer::RetryAfter(_, secs) = c.answer {
+            let gap = notes[1].at - notes[0].at;
+            assert!(
+                gap >= Duration::from_secs(secs).mul_f64(JITTER_LOW),
+                "429 Retry-After not honoured: {gap:?}"
+            );
+        }
+    }
+    // Nothing delivered was dead-lettered, and nothing came back later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, (c, rx)) in cases.iter().zip(&receivers).enumerate() {
+        assert_eq!(
+            rx.notifications().len(),
+            c.attempts,
+            "{:?}: late attempt",
+            c.answer
+        );
+        if c.reason.is_none() {
+            let dl = dead_letters(&app, "statuses", &format!("status-{i}")).await;
+            assert!(dl.is_empty(), "{:?}: {dl:?}", c.answer);
+        }
+    }
 }
 
 #[tokio::test]
