@@ -1415,14 +1415,16 @@ async fn a_batch_is_logged_once_and_found_by_any_of_its_events() {
         json!({}),
     )
     .await;
-    let events: Vec<Value> = (0..5).map(|i| eg(&format!("bl-{i}"), json!({}))).collect();
+    let mut events: Vec<Value> = (0..5).map(|i| eg(&format!("bl-{i}"), json!({}))).collect();
+    // Its JSON text, "x\"tail", holds "tail" as a quoted string.
+    events.push(eg("x\"tail", json!({})));
     publish(&app, "orders", &key, &Value::Array(events)).await;
-    let got = rx.wait_events(5).await;
+    let got = rx.wait_events(6).await;
     let requests = got.len();
     let log = eventually("the batch is logged", WAIT, || async {
         let a = attempts(&app, "orders", "batch-log").await;
         let logged: u64 = a.iter().filter_map(|a| a["eventCount"].as_u64()).sum();
-        (logged >= 5).then_some(a)
+        (logged >= 6).then_some(a)
     })
     .await;
     // One record per request, however many events it carried.
@@ -1433,7 +1435,7 @@ async fn a_batch_is_logged_once_and_found_by_any_of_its_events() {
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect();
     ids.sort();
-    assert_eq!(ids, ["bl-0", "bl-1", "bl-2", "bl-3", "bl-4"]);
+    assert_eq!(ids, ["bl-0", "bl-1", "bl-2", "bl-3", "bl-4", "x\"tail"]);
     for a in &log {
         assert_eq!(a["eventId"], a["eventIds"][0], "{a}");
         assert_eq!(a["status"], 200);
@@ -1465,6 +1467,14 @@ async fn a_batch_is_logged_once_and_found_by_any_of_its_events() {
     )
     .await;
     assert_eq!(none.expect(200)["value"], json!([]));
+    let tail = mgmt(
+        &app,
+        reqwest::Method::GET,
+        &format!("{}/attempts?eventId=tail", sub_path("orders", "batch-log")),
+        None,
+    )
+    .await;
+    assert_eq!(tail.expect(200)["value"], json!([]), "only exact ids match");
 }
 
 #[tokio::test]

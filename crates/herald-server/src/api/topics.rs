@@ -449,8 +449,18 @@ async fn attempts(
         .router
         .attempts(&sub, filter.event_id.as_deref(), after, limit)
         .await?;
+    // Storage matches an id inside a batch by its JSON text; an id holding
+    // quotes could match another's tail, so keep exact matches only. The
+    // page still advances by the rows read.
+    let exact = |a: &herald_storage::AttemptRecord| {
+        filter
+            .event_id
+            .as_deref()
+            .is_none_or(|id| a.event_ids.iter().any(|e| e == id))
+    };
     let items: Vec<Value> = rows
         .iter()
+        .filter(|(_, a)| exact(a))
         .map(|(id, a)| {
             json!({
                 "id": id,
