@@ -651,17 +651,12 @@ async fn settle_in(
                 let rows = settled_rows(tx, sub, &settled).await?;
                 for seq in &settled {
                     let (row, claimed, _) = rows.get(seq).ok_or(sqlx::Error::RowNotFound)?;
-                    let count = if attempted {
-                        *claimed
-                    } else {
-                        (*claimed - 1).max(0)
-                    };
                     dead_letter(
                         tx,
                         &mut bumps,
                         row,
                         reason,
-                        count,
+                        attempts_made(*claimed, attempted),
                         Some(outcome),
                         status,
                         now_ms,

@@ -97,6 +97,16 @@ pub enum SettleAction {
     },
 }
 
+/// The attempts a dead letter records: a claim counts one delivery, which
+/// was not made when nothing was sent.
+pub(crate) fn attempts_made(claimed: i64, attempted: bool) -> i64 {
+    if attempted {
+        claimed
+    } else {
+        (claimed - 1).max(0)
+    }
+}
+
 /// New log rows a push worker may deliver, read without locking: the
 /// cursor only moves when the worker commits what became of them.
 #[derive(Debug, Clone)]

@@ -446,12 +446,7 @@ async fn settle_in(
                     .bind(seq)
                     .fetch_one(&mut *tx)
                     .await?;
-                    let claimed: i64 = row.try_get("delivery_count")?;
-                    let count = if attempted {
-                        claimed
-                    } else {
-                        (claimed - 1).max(0)
-                    };
+                    let count = attempts_made(row.try_get("delivery_count")?, attempted);
                     dead_letter_with_status(
                         tx,
                         sub,

@@ -368,13 +368,17 @@ async fn publish_ce(app: &TestApp, topic: &str, key: &str, body: &Value) {
 }
 
 async fn attempts(app: &TestApp, topic: &str, name: &str) -> Vec<Value> {
-    let r = mgmt(
-        app,
-        reqwest::Method::GET,
-        &format!("{}/attempts", sub_path(topic, name)),
-        None,
-    )
-    .await;
+    attempts_at(app, &format!("{}/attempts", sub_path(topic, name))).await
+}
+
+/// The delivery log rows of one event (`?eventId=`).
+async fn event_attempts(app: &TestApp, topic: &str, name: &str, event_id: &str) -> Vec<Value> {
+    let path = format!("{}/attempts?eventId={event_id}", sub_path(topic, name));
+    attempts_at(app, &path).await
+}
+
+async fn attempts_at(app: &TestApp, path: &str) -> Vec<Value> {
+    let r = mgmt(app, reqwest::Method::GET, path, None).await;
     r.expect(200)["value"]
         .as_array()
         .expect("value array")
@@ -1442,39 +1446,17 @@ async fn a_batch_is_logged_once_and_found_by_any_of_its_events() {
         assert_eq!(a["outcome"], "Delivered");
     }
     // ?eventId= finds the request that carried an event, not its neighbours'.
-    let one = mgmt(
-        &app,
-        reqwest::Method::GET,
-        &format!("{}/attempts?eventId=bl-3", sub_path("orders", "batch-log")),
-        None,
-    )
-    .await;
-    let one = one.expect(200)["value"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let one = event_attempts(&app, "orders", "batch-log", "bl-3").await;
     assert_eq!(one.len(), 1, "{one:?}");
     assert!(
         one[0]["eventIds"]
             .as_array()
             .is_some_and(|ids| ids.contains(&json!("bl-3")))
     );
-    let none = mgmt(
-        &app,
-        reqwest::Method::GET,
-        &format!("{}/attempts?eventId=bl-", sub_path("orders", "batch-log")),
-        None,
-    )
-    .await;
-    assert_eq!(none.expect(200)["value"], json!([]));
-    let tail = mgmt(
-        &app,
-        reqwest::Method::GET,
-        &format!("{}/attempts?eventId=tail", sub_path("orders", "batch-log")),
-        None,
-    )
-    .await;
-    assert_eq!(tail.expect(200)["value"], json!([]), "only exact ids match");
+    let none = event_attempts(&app, "orders", "batch-log", "bl-").await;
+    assert_eq!(none, Vec::<Value>::new());
+    let tail = event_attempts(&app, "orders", "batch-log", "tail").await;
+    assert_eq!(tail, Vec::<Value>::new(), "only exact ids match");
 }
 
 #[tokio::test]
