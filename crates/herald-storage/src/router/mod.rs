@@ -5,6 +5,23 @@ use async_trait::async_trait;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRecord {
+    pub id: String,
+    /// `system` (a vault's lifecycle events) or `custom`.
+    pub kind: String,
+    pub name: String,
+    pub arm_id: String,
+    pub created: i64,
+    /// Azure inputSchema name.
+    pub input_schema: String,
+    /// inputSchemaMapping JSON, for CustomEventSchema topics.
+    pub input_mapping: Option<String>,
+    /// Access keys sealed with the master key (empty for system topics).
+    pub key1: Vec<u8>,
+    pub key2: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionRecord {
     pub id: String,
     pub topic_id: String,
@@ -186,9 +203,9 @@ pub struct DeadLetterRecord {
 
 #[async_trait]
 pub trait RouterStore: Send + Sync {
-    async fn create_topic(&self, topic: &crate::TopicRecord) -> Result<bool>;
-    async fn topic_by_name(&self, name: &str) -> Result<Option<crate::TopicRecord>>;
-    async fn list_topics(&self) -> Result<Vec<crate::TopicRecord>>;
+    async fn create_topic(&self, topic: &TopicRecord) -> Result<bool>;
+    async fn topic_by_name(&self, name: &str) -> Result<Option<TopicRecord>>;
+    async fn list_topics(&self) -> Result<Vec<TopicRecord>>;
     /// Deletes a custom topic with its subscriptions and log.
     async fn delete_topic(&self, name: &str) -> Result<bool>;
     async fn set_topic_key(&self, topic_id: &str, which: u8, sealed: &[u8]) -> Result<bool>;

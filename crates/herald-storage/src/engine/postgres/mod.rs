@@ -6,6 +6,11 @@
 //! fallback); singleton duties run under session advisory locks, which the
 //! database releases when the holder's connection dies.
 
+mod automation;
+mod router;
+mod vault;
+
+use super::{BoxFuture, Conn, Engine};
 use crate::*;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
@@ -23,10 +28,7 @@ pub struct PgStorage {
     wakeups: broadcast::Sender<String>,
     /// Per-topic group committers of the event log (postgres_router.rs).
     pub(crate) appenders: std::sync::Mutex<
-        std::collections::HashMap<
-            String,
-            tokio::sync::mpsc::Sender<crate::postgres_router::AppendJob>,
-        >,
+        std::collections::HashMap<String, tokio::sync::mpsc::Sender<router::AppendJob>>,
     >,
 }
 
@@ -98,6 +100,36 @@ pub(crate) async fn notify(tx: &mut PgConnection, payload: &str) -> Result<()> {
 /// node dying) closes the connection and frees the lock.
 struct AdvisoryGuard {
     _conn: PgConnection,
+}
+
+impl Engine for PgStorage {
+    type Db = sqlx::Postgres;
+
+    /// `clock_timestamp()`, not `now()`: a long transaction must not stamp
+    /// its rows with the time it began.
+    const UNIX_NOW: &'static str = "floor(extract(epoch FROM clock_timestamp()))::BIGINT";
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const MAX_BINDS: usize = 65_535;
+
+    fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut Conn<Self>) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        // Dropping the transaction on an error rolls it back.
+        let mut tx = self.pool.begin().await?;
+        let value = work(&mut tx).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    fn notify<'c>(tx: &'c mut Conn<Self>, payload: String) -> BoxFuture<'c, Result<()>> {
+        Box::pin(async move { notify(tx, &payload).await })
+    }
 }
 
 impl Storage for PgStorage {

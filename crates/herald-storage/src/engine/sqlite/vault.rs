@@ -1,73 +1,17 @@
-//! The embedded engine: SQLite in WAL mode.
-//!
-//! SQLite allows one writer at a time, so writes go through a one-connection
-//! pool (no `SQLITE_BUSY` upgrade deadlocks) while reads use a wider pool
-//! that sees every committed write thanks to WAL snapshots.
+//! SQLite: the vault store (settings, tokens, vaults, secrets, the event
+//! log of vaults' system topics).
 
-use crate::writer::{BoxFuture, Writer};
+use super::SqliteStorage;
+use crate::engine::BoxFuture;
 use crate::*;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
+use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
-use std::str::FromStr;
-use std::time::Duration;
-
-pub struct SqliteStorage {
-    pub(crate) reader: SqlitePool,
-    pub(crate) writer: Writer,
-    /// Dropping the storage stops its checkpoint task.
-    _checkpoints: tokio::sync::oneshot::Sender<()>,
-}
 
 const SECRET_COLS: &str = "s.vault_id, s.name_key, s.name, s.deleted_at, s.purge_at, \
      v.version, v.ordinal, v.enabled, v.nbf, v.exp, v.created, v.updated, v.content_type, \
      v.tags, v.value, v.wrapped_key";
 
 const VAULT_COLS: &str = "id, name, retention_days, purge_protection, near_expiry_secs, created";
-
-impl SqliteStorage {
-    pub async fn open(path: &str, durability: Durability) -> Result<Self> {
-        let sync = match durability {
-            Durability::Normal => SqliteSynchronous::Normal,
-            Durability::Full => SqliteSynchronous::Full,
-        };
-        let base = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(sync)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            .pragma("cache_size", "-16000")
-            .pragma("temp_store", "memory");
-        // Checkpoints (which fsync the database file) run on their own
-        // connection in the background, never inside a commit on the write path.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .connect_with(base.clone().pragma("wal_autocheckpoint", "0"))
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-        let checkpointer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(base.clone().pragma("wal_autocheckpoint", "0"))
-            .await?;
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        tokio::spawn(checkpoint_loop(checkpointer, stopped));
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(base.read_only(true))
-            .await?;
-        let writer = Writer::spawn(writer.acquire().await?);
-        Ok(Self {
-            reader,
-            writer,
-            _checkpoints: stop,
-        })
-    }
-}
 
 impl SqliteStorage {
     /// Soft-deletes a live secret (`Some((deleted_at, purge_at))`) or
@@ -129,34 +73,6 @@ impl SqliteStorage {
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(pair).collect()
-    }
-}
-
-/// Copies the WAL back into the database every second. PASSIVE never
-/// blocks writers or readers; the periodic TRUNCATE keeps the WAL small.
-async fn checkpoint_loop(pool: SqlitePool, mut stopped: tokio::sync::oneshot::Receiver<()>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut n: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = &mut stopped => {
-                pool.close().await;
-                return;
-            }
-            _ = tick.tick() => {}
-        }
-        n += 1;
-        let mode = if n.is_multiple_of(60) {
-            "TRUNCATE"
-        } else {
-            "PASSIVE"
-        };
-        if let Err(e) = sqlx::query(&format!("PRAGMA wal_checkpoint({mode})"))
-            .execute(&pool)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
-        }
     }
 }
 
@@ -293,12 +209,6 @@ async fn current_pair(
     .fetch_optional(&mut *tx)
     .await?;
     row.as_ref().map(pair).transpose()
-}
-
-impl Storage for SqliteStorage {
-    fn engine(&self) -> &'static str {
-        "sqlite"
-    }
 }
 
 #[async_trait]
@@ -971,18 +881,5 @@ impl VaultStore for SqliteStorage {
                 })
             })
             .collect()
-    }
-}
-
-/// One node owns the embedded database, so every singleton duty is ours
-/// and in-process signals are all the wake-ups there are.
-#[async_trait]
-impl Coordination for SqliteStorage {
-    async fn try_singleton(&self, _name: &str) -> Result<Option<SingletonGuard>> {
-        Ok(Some(SingletonGuard(Box::new(()))))
-    }
-
-    fn wakeups(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
-        None
     }
 }

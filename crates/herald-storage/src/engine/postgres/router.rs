@@ -20,8 +20,8 @@
 //! - "take once" operations are `DELETE ... RETURNING`: of two nodes, one
 //!   gets the row and the other nothing.
 
-use crate::postgres::{PgStorage, notify};
-use crate::postgres_vault::{TOPIC_COLS, topic_from_row};
+use super::vault::{TOPIC_COLS, topic_from_row};
+use super::{PgStorage, notify};
 use crate::router::*;
 use crate::{Result, TopicRecord};
 use async_trait::async_trait;

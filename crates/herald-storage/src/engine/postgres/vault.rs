@@ -6,7 +6,7 @@
 //! that reads and then writes either does it in one conditional statement
 //! or locks what it read (see the comments at each).
 
-use crate::postgres::{PgStorage, notify};
+use super::{PgStorage, notify};
 use crate::*;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};

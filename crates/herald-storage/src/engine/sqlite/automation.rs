@@ -1,10 +1,10 @@
 //! Automation's tables on SQLite. Mutations go through the group committer,
 //! so a claim is one serialised transaction and needs no row locks.
 
+use super::SqliteStorage;
 use crate::Result;
 use crate::automation::*;
-use crate::sqlite::SqliteStorage;
-use crate::writer::BoxFuture;
+use crate::engine::BoxFuture;
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};

@@ -14,9 +14,9 @@
 //! A job becoming `New` (created, re-queued, resumed) sends a `job:<group>`
 //! hint inside its transaction, so idle workers on other nodes wake at once.
 
+use super::{PgStorage, notify};
 use crate::Result;
 use crate::automation::*;
-use crate::postgres::{PgStorage, notify};
 use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};

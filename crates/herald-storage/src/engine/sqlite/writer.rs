@@ -6,15 +6,12 @@
 //! cannot undo another. Callers hear back only after the COMMIT, so an
 //! acknowledged write is durable, and a burst of writers pays for one commit.
 
+use crate::engine::BoxFuture;
 use crate::{Result, StorageError};
 use sqlx::Sqlite;
 use sqlx::SqliteConnection;
 use sqlx::pool::PoolConnection;
-use std::future::Future;
-use std::pin::Pin;
 use tokio::sync::{mpsc, oneshot};
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Delivers a job's result once the batch's fate is known.
 type Finish = Box<dyn FnOnce(Option<&str>) + Send>;

@@ -1,9 +1,10 @@
 //! The router's tables on SQLite. Every mutation runs through the group
 //! committer, so a claim or settle is one serialised transaction.
 
+use super::SqliteStorage;
+use super::vault::{TOPIC_COLS, topic_from_row};
+use crate::engine::BoxFuture;
 use crate::router::*;
-use crate::sqlite::{SqliteStorage, TOPIC_COLS, topic_from_row};
-use crate::writer::BoxFuture;
 use crate::{Result, TopicRecord};
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
