@@ -18,7 +18,6 @@ pub use vault::*;
 
 use async_trait::async_trait;
 use herald_core::EventGridEvent;
-use herald_core::vault::VaultSettings;
 use std::sync::Arc;
 
 pub use engine::postgres::PgStorage;

@@ -36,8 +36,17 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// lock on PostgreSQL; nothing on SQLite, whose single writer already
     /// serialises the transaction.
     const FOR_UPDATE: &'static str;
+    /// Boolean literals. SQLite stores booleans as 0 and 1, and its
+    /// planner applies a partial index only to the literal the index was
+    /// declared with, so conditions say `= {FALSE}` rather than `NOT x`.
+    const TRUE: &'static str;
+    const FALSE: &'static str;
     /// Most bind parameters one statement may carry.
     const MAX_BINDS: usize;
+
+    /// `clause` (a row-locking clause such as `" FOR NO KEY UPDATE OF s"`)
+    /// where the engine has row locks; nothing on SQLite.
+    fn row_lock(clause: &'static str) -> &'static str;
 
     /// The pool reads go to; it sees every committed write.
     fn reader(&self) -> &sqlx::Pool<Self::Db>;

@@ -1,6 +1,8 @@
 //! The vault's part of the storage seam: vaults, secrets and their
 //! versions, plus the node's settings and API tokens.
 
+pub(crate) mod store;
+
 use crate::{LoggedEvent, Result, TokenRecord, TopicRecord};
 use async_trait::async_trait;
 use herald_core::EventGridEvent;

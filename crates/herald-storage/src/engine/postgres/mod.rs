@@ -109,7 +109,13 @@ impl Engine for PgStorage {
     /// its rows with the time it began.
     const UNIX_NOW: &'static str = "floor(extract(epoch FROM clock_timestamp()))::BIGINT";
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const TRUE: &'static str = "TRUE";
+    const FALSE: &'static str = "FALSE";
     const MAX_BINDS: usize = 65_535;
+
+    fn row_lock(clause: &'static str) -> &'static str {
+        clause
+    }
 
     fn reader(&self) -> &PgPool {
         &self.pool

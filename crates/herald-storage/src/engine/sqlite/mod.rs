@@ -100,7 +100,13 @@ impl Engine for SqliteStorage {
 
     const UNIX_NOW: &'static str = "unixepoch()";
     const FOR_UPDATE: &'static str = "";
+    const TRUE: &'static str = "1";
+    const FALSE: &'static str = "0";
     const MAX_BINDS: usize = 32_766;
+
+    fn row_lock(_clause: &'static str) -> &'static str {
+        ""
+    }
 
     fn reader(&self) -> &SqlitePool {
         &self.reader
