@@ -5,11 +5,11 @@
 use crate::model::*;
 use crate::sandbox::{RunbookKind, find_interpreter};
 use base64::Engine;
+use herald_core::seal::MasterKey;
 use herald_storage::{
     AssetRecord, JobCreated, JobEnd, JobFilter, JobRecord, JobTransition, RunbookRecord, Storage,
     StreamRecord, WebhookPatch, WebhookRecord, WorkerRecord,
 };
-use herald_vault::MasterKey;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};

@@ -5,6 +5,7 @@
 pub mod event;
 pub mod id;
 pub mod name;
+pub mod seal;
 pub mod vault;
 
 pub use event::{ArmScope, EventGridEvent};

@@ -9,11 +9,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use herald_core::ArmScope;
+use herald_core::seal::MasterKey;
 use herald_storage::{
     ClaimOptions, DeadLetterRecord, LogRow, Matcher, NewLogEvent, SettleAction, SettleFailure,
     Storage, SubscriptionRecord, TopicRecord,
 };
-use herald_vault::MasterKey;
 use rand::RngCore;
 use serde_json::{Value, json};
 use std::collections::HashMap;

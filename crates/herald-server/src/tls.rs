@@ -48,7 +48,7 @@ pub fn ensure_generated(data_dir: &Path, vault_base: &str) -> anyhow::Result<Tls
         let key = KeyPair::generate()?;
         let cert = ca_params(3650)?.self_signed(&key)?;
         let _ = std::fs::remove_file(&ca_key_path);
-        herald_vault::seal::write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
+        herald_core::seal::write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
         std::fs::write(&files.ca, cert.pem())?;
         let _ = std::fs::remove_file(&files.cert);
         key
@@ -74,7 +74,7 @@ pub fn ensure_generated(data_dir: &Path, vault_base: &str) -> anyhow::Result<Tls
         let key = KeyPair::generate()?;
         let cert = leaf.signed_by(&key, &ca_cert, &ca_key)?;
         let _ = std::fs::remove_file(&files.key);
-        herald_vault::seal::write_private(&files.key, key.serialize_pem().as_bytes())?;
+        herald_core::seal::write_private(&files.key, key.serialize_pem().as_bytes())?;
         std::fs::write(
             &files.cert,
             format!("{}{}", cert.pem(), std::fs::read_to_string(&files.ca)?),

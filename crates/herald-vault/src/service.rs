@@ -1,11 +1,11 @@
 //! Vault operations with Key Vault's rules. Handlers in herald-server turn
 //! these results into wire shapes; nothing here knows about HTTP.
 
-use crate::seal::MasterKey;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use herald_core::event::{SecretEventKind, SecretEventSubject, secret_event};
+use herald_core::seal::MasterKey;
 use herald_core::vault::VaultSettings;
 use herald_core::{ArmScope, SecretName, SecretVersion, VaultName};
 use herald_storage::{
