@@ -1220,6 +1220,20 @@ impl AutomationService {
         Ok(lapsed.len())
     }
 
+    /// The automation duties as the node runs them: lease sweeping and job
+    /// retention on one node at a time.
+    pub fn duties(&self) -> Vec<herald_core::duty::Duty> {
+        let service = self.clone();
+        let every = Duration::from_millis(
+            (self.inner.settings.lease.as_millis() as u64 / 4).clamp(200, 5000),
+        );
+        vec![herald_core::duty::Duty::singleton(
+            "automation-duties",
+            every,
+            move |stop| service.run_duties(stop),
+        )]
+    }
+
     /// Background duties: lease sweeping and job retention.
     pub async fn run_duties(self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(

@@ -45,6 +45,14 @@ pub struct RunnerConfig {
 
 /// Runs jobs until `shutdown`. Jobs still running then are left to their
 /// leases: they lapse and the jobs are re-queued, as after a crash.
+/// A worker pool as a duty of the node that hosts it (the built-in pool
+/// leases for this node's slots only).
+pub fn pool_duty(host: Arc<dyn JobHost>, cfg: RunnerConfig) -> herald_core::duty::Duty {
+    herald_core::duty::Duty::every_node("job-worker-pool", cfg.heartbeat, move |stop| {
+        run(host, cfg, stop)
+    })
+}
+
 pub async fn run(host: Arc<dyn JobHost>, cfg: RunnerConfig, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(cfg.slots.max(1)));
     let cfg = Arc::new(cfg);

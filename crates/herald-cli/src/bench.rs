@@ -130,7 +130,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             delivery_allowed_cidrs: vec!["127.0.0.0/8".into()],
             ..Default::default()
         };
-        let server = herald_server::Server::build(config, listener).await?;
+        let server = herald_node::Node::build(config, listener).await?;
         infos.push(server.info.clone());
         servings.push(tokio::spawn(server.serve(shutdown.clone())));
         dirs.push(dir);

@@ -194,7 +194,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     let server = step(
         &steps,
         "starting Herald in-process",
-        |s: &herald_server::Server| {
+        |s: &herald_node::Node| {
             format!(
                 "Herald running at {} (storage {}, data dir {})",
                 s.info.url,
@@ -202,7 +202,7 @@ pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
                 s.info.data_dir.display()
             )
         },
-        async { herald_server::Server::build(config, listener).await },
+        async { herald_node::Node::build(config, listener).await },
     )
     .await?;
     let info = server.info.clone();

@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::Args;
-use herald_server::{Config, Server};
+use herald_node::Node;
+use herald_server::Config;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -146,7 +147,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 config.listen
             )
         })?;
-    let server = Server::build(config, listener).await?;
+    let server = Node::build(config, listener).await?;
     let info = server.info.clone();
     println!("Herald is running at {}", info.url);
     println!("  data dir:       {}", info.data_dir.display());

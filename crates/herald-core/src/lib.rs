@@ -2,6 +2,7 @@
 //! implicitly, so the rules can be tested in isolation and reused by every
 //! service crate and both storage engines.
 
+pub mod duty;
 pub mod event;
 pub mod id;
 pub mod name;

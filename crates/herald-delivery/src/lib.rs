@@ -133,3 +133,16 @@ impl Delivery {
 pub(crate) fn upper_name(name: &str) -> String {
     name.to_ascii_uppercase()
 }
+
+impl Delivery {
+    /// Push delivery runs on every node: each node's supervisor takes the
+    /// subscriptions whose singleton it wins, so nodes share the work.
+    pub fn duties(&self) -> Vec<herald_core::duty::Duty> {
+        let delivery = self.clone();
+        vec![herald_core::duty::Duty::every_node(
+            "push-delivery",
+            Duration::from_millis(500),
+            move |stop| delivery.run(stop),
+        )]
+    }
+}

@@ -2,6 +2,7 @@
 //! API's schemas, event subscriptions with filters, and pull delivery.
 
 pub mod auth;
+mod duties;
 pub mod filter;
 pub mod schema;
 mod service;

@@ -1,14 +1,15 @@
-//! Herald's HTTPS server. Handlers are thin: they parse the wire into domain
-//! types, call a service crate, and render the Azure-shaped response.
+//! Herald's HTTP edge: the HTTPS listener and the API. Handlers are thin:
+//! they parse the wire into domain types, call a service crate, and render
+//! the Azure-shaped response. Wiring and background duties live in
+//! herald-node, the composition root.
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
-mod metrics_setup;
-mod server;
+pub mod https;
+pub mod metrics_setup;
 pub mod state;
 pub mod tls;
 
 pub use config::Config;
-pub use server::{Server, StartInfo};

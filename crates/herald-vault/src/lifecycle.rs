@@ -56,6 +56,18 @@ impl VaultService {
         Ok(purged.len())
     }
 
+    /// The vault's background duty: expiry events and scheduled purges,
+    /// on one node at a time (each fact is claimed once anyway; one
+    /// scanner saves the other nodes the reads).
+    pub fn duties(&self, every: Duration) -> Vec<herald_core::duty::Duty> {
+        let vault = self.clone();
+        vec![herald_core::duty::Duty::singleton(
+            "vault-lifecycle",
+            every,
+            move |stop| vault.run_lifecycle(every, stop),
+        )]
+    }
+
     /// Runs both duties every `every` until `shutdown` is cancelled.
     pub async fn run_lifecycle(self, every: Duration, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(every);

@@ -1,7 +1,8 @@
 //! One Herald server per test, on a random port and a fresh data dir, spoken
 //! to over real HTTPS with a client that trusts only the server's own CA.
 
-use herald_server::{Config, Server};
+use herald_node::Node;
+use herald_server::Config;
 use herald_storage::{Durability, Storage};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
@@ -184,7 +185,7 @@ pub struct TestApp {
 }
 
 struct Booted {
-    info: herald_server::StartInfo,
+    info: herald_node::StartInfo,
     shutdown: CancellationToken,
     serving: JoinHandle<anyhow::Result<()>>,
 }
@@ -237,9 +238,7 @@ async fn boot(
     if let Some(t) = tweak {
         t(&mut config);
     }
-    let server = Server::build(config, listener)
-        .await
-        .expect("server builds");
+    let server = Node::build(config, listener).await.expect("server builds");
     let info = server.info.clone();
     let shutdown = CancellationToken::new();
     let serving = tokio::spawn(server.serve(shutdown.clone()));

@@ -1,0 +1,324 @@
+//! Herald's composition root: one node.
+//!
+//! `Node::build` opens storage, checks the master key, bootstraps the
+//! tenant and admin token, and wires the domain services together.
+//! `Node::serve` starts every duty the domains declare (see
+//! [`herald_core::duty`]) and the listeners, which are thin edges over the
+//! domains: today HTTPS (herald-server); the AMQP and Kafka listeners of
+//! the hubs join them here.
+
+mod bootstrap;
+mod duties;
+mod resolver;
+mod wakeups;
+
+use anyhow::Context;
+use bootstrap::{check_master_key, put_admin};
+use herald_core::ArmScope;
+use herald_core::seal::MasterKey;
+use herald_core::vault::VaultSettings;
+use herald_server::auth::TokenCache;
+use herald_server::config::Config;
+use herald_server::state::{AppState, VaultCache};
+use herald_storage::Durability;
+use herald_vault::{VaultService, VaultUrls};
+use resolver::VaultResolver;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// What start-up produced, for the CLI to print once.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub ca_path: Option<PathBuf>,
+    /// Set only when a token was generated now; shown once, stored hashed.
+    pub generated_admin_token: Option<String>,
+    pub default_vault_uri: String,
+    pub tenant_id: String,
+    pub storage: &'static str,
+}
+
+/// One Herald node, built and ready to serve.
+pub struct Node {
+    listener: TcpListener,
+    state: AppState,
+    tls: TlsAcceptor,
+    pub info: StartInfo,
+}
+
+impl Node {
+    /// Prepares everything (data dir, storage, keys, TLS) on an already-bound
+    /// listener, so tests can bind port 0 and read the port back.
+    pub async fn build(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        let addr = listener.local_addr()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let durability = if config.durability == "full" {
+            Durability::Full
+        } else {
+            Durability::Normal
+        };
+        let storage = herald_storage::open(&config.database_url(), durability)
+            .await
+            .context("opening storage")?;
+
+        let master = match &config.master_key {
+            Some(text) => MasterKey::from_base64(text).context("HERALD_MASTER_KEY")?,
+            None => MasterKey::load_or_create(&config.data_dir.join("master.key"))?,
+        };
+        check_master_key(&*storage, &master).await?;
+
+        let tenant_id = storage
+            .init_setting("tenant_id", &uuid::Uuid::new_v4().to_string())
+            .await?;
+
+        let generated_admin_token = match &config.admin_token {
+            Some(t) => {
+                put_admin(&*storage, t, "admin (HERALD_ADMIN_TOKEN)").await?;
+                None
+            }
+            None if storage.count_tokens("admin").await? == 0 => {
+                let t = herald_core::new_token("hrd");
+                put_admin(&*storage, &t, "admin (generated)").await?;
+                Some(t)
+            }
+            None => None,
+        };
+
+        let (cert, key, ca_path) = match (&config.tls_cert, &config.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone(), None),
+            _ => {
+                let files =
+                    herald_server::tls::ensure_generated(&config.data_dir, &config.vault_base)?;
+                (files.cert, files.key, Some(files.ca))
+            }
+        };
+        let tls = TlsAcceptor::from(herald_server::tls::server_config(&cert, &key)?);
+
+        let urls = VaultUrls {
+            base: config.vault_base.clone(),
+            port: config.public_port.unwrap_or(addr.port()),
+        };
+        let scope = ArmScope {
+            subscription_id: config.subscription_id.clone(),
+            resource_group: config.resource_group.clone(),
+        };
+        let router =
+            herald_router::RouterService::new(storage.clone(), master.clone(), scope.clone());
+        let public_url = config.public_url.clone().unwrap_or_else(|| {
+            format!(
+                "https://localhost:{}",
+                config.public_port.unwrap_or(addr.port())
+            )
+        });
+        let public_url = public_url.trim_end_matches('/').to_owned();
+        let delivery_public_url = public_url.clone();
+        let allowed: Vec<ipnet::IpNet> = config
+            .delivery_allowed_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        // Our own webhooks are delivered to this listener, trusting our CA.
+        let own_ca = ca_path
+            .as_ref()
+            .or(config.tls_cert.as_ref())
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok());
+        let client =
+            herald_delivery::http::DeliveryClient::new(herald_delivery::http::ClientConfig {
+                allowed_cidrs: allowed,
+                internal: Some(herald_delivery::http::InternalTarget {
+                    prefixes: vec![format!("{public_url}/webhooks")],
+                    local_addr: if addr.ip().is_unspecified() {
+                        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+                    } else {
+                        addr
+                    },
+                    ca: own_ca,
+                }),
+                ..Default::default()
+            })?;
+        let delivery = herald_delivery::Delivery::new(
+            router.clone(),
+            storage.clone(),
+            client,
+            herald_delivery::DeliverySettings {
+                internal_prefixes: vec![format!("{public_url}/webhooks")],
+                public_base_url: public_url,
+                retry_scale: config.delivery_retry_scale,
+                dead_letter_root: Some(config.data_dir.join("deadletters")),
+                dead_letter_url: config.dead_letter_url.clone(),
+                ..Default::default()
+            },
+        )?;
+        let master_for_automation = master.clone();
+        let public_url_for_automation = delivery_public_url.clone();
+        let vault = VaultService::new(storage.clone(), master, scope, urls.clone());
+        let delivery = delivery.with_secret_resolver(Arc::new(VaultResolver(vault.clone())));
+        vault
+            .ensure_default_vault(VaultSettings {
+                near_expiry_secs: config.near_expiry_window_secs,
+                ..VaultSettings::default()
+            })
+            .await?;
+
+        let automation = herald_automation::AutomationService::new(
+            storage.clone(),
+            master_for_automation,
+            herald_automation::AutomationSettings {
+                public_url: public_url_for_automation,
+                lease: Duration::from_secs(config.automation_lease_secs),
+                max_restarts: 3,
+                job_retention: Duration::from_secs(config.job_retention_days.max(1) * 86_400),
+            },
+        );
+        let sandbox = herald_automation::sandbox::probe(&config.sandbox)
+            .await
+            .context(
+                "choosing the job sandbox (set sandbox = \"auto\" to use the best available)",
+            )?;
+        tracing::info!(sandbox = %sandbox, runbook_types = ?herald_automation::sandbox::available_kinds(), "job sandbox chosen");
+
+        let info = StartInfo {
+            addr,
+            url: format!("https://{addr}"),
+            data_dir: config.data_dir.clone(),
+            ca_path,
+            generated_admin_token,
+            default_vault_uri: urls.vault_uri(herald_vault::DEFAULT_VAULT),
+            tenant_id: tenant_id.clone(),
+            storage: storage.engine(),
+        };
+        let state = AppState {
+            config: Arc::new(config),
+            storage,
+            vault,
+            router,
+            delivery,
+            tokens: Arc::new(TokenCache::default()),
+            vaults: Arc::new(VaultCache::default()),
+            tenant_id: tenant_id.into(),
+            metrics: herald_server::metrics_setup::handle(),
+            automation,
+            sandbox,
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Self {
+            listener,
+            state,
+            tls,
+            info,
+        })
+    }
+
+    /// Runs the node's duties and listeners until `shutdown` is cancelled,
+    /// then drains open connections and waits for the duties to stop.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            tls,
+            info,
+        } = self;
+        {
+            // Long polls and streams end on the state's own token.
+            let inner = state.shutdown.clone();
+            let outer = shutdown.clone();
+            tokio::spawn(async move {
+                outer.cancelled().await;
+                inner.cancel();
+            });
+        }
+        let duties = duties::start(node_duties(&state, &info), &state.storage, &shutdown);
+        let app = herald_server::api::router(state);
+        tracing::info!(url = %info.url, storage = info.storage, data_dir = %info.data_dir.display(), "herald is listening");
+        herald_server::https::serve(listener, tls, app, shutdown).await;
+        for duty in duties {
+            let _ = duty.await;
+        }
+        tracing::info!("herald stopped");
+        Ok(())
+    }
+}
+
+/// Every background duty of this node, as the domains declare them.
+fn node_duties(state: &AppState, info: &StartInfo) -> Vec<herald_core::duty::Duty> {
+    let config = &state.config;
+    let mut duties = Vec::new();
+    duties.extend(
+        state
+            .vault
+            .duties(Duration::from_millis(config.lifecycle_interval_ms)),
+    );
+    duties.extend(state.router.duties(Duration::from_secs(
+        config.event_retention_hours.saturating_mul(3600),
+    )));
+    duties.push(wakeups::duty(
+        state.storage.clone(),
+        state.router.clone(),
+        state.automation.clone(),
+    ));
+    duties.extend(state.delivery.duties());
+    duties.extend(state.automation.duties());
+    if config.automation_slots > 0 {
+        let host = Arc::new(herald_automation::worker::LocalHost {
+            service: state.automation.clone(),
+            group: herald_automation::service::BUILTIN_GROUP.to_owned(),
+            worker_id: format!("local-{}", uuid::Uuid::now_v7()),
+        });
+        let cfg = local_runner_config(state, info, host.worker_id.clone());
+        duties.push(herald_automation::worker::pool_duty(host, cfg));
+    }
+    duties
+}
+
+/// What jobs of the built-in pool get: the server's address, its CA, the
+/// vault host scheme, and the `herald` binary on PATH.
+fn local_runner_config(
+    state: &AppState,
+    info: &StartInfo,
+    worker_id: String,
+) -> herald_automation::worker::RunnerConfig {
+    let mut env = vec![
+        (
+            "HERALD_ADDR".to_owned(),
+            format!("https://127.0.0.1:{}", info.addr.port()),
+        ),
+        (
+            "HERALD_VAULT_BASE".to_owned(),
+            state.config.vault_base.clone(),
+        ),
+    ];
+    let ca = info
+        .ca_path
+        .clone()
+        .or_else(|| state.config.tls_cert.clone());
+    if let Some(ca) = ca.and_then(|p| std::fs::canonicalize(p).ok()) {
+        env.push(("HERALD_CACERT".to_owned(), ca.display().to_string()));
+    }
+    let herald = state.config.herald_bin.clone().or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .filter(|p| p.file_name().is_some_and(|n| n == "herald"))
+    });
+    let path_dirs = herald
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .into_iter()
+        .collect();
+    herald_automation::worker::RunnerConfig {
+        worker_id,
+        slots: state.config.automation_slots,
+        level: state.sandbox,
+        env,
+        path_dirs,
+        work_root: None,
+        heartbeat: Duration::from_secs((state.config.automation_lease_secs / 3).max(1)),
+    }
+}
