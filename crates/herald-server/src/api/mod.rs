@@ -1,6 +1,7 @@
 //! HTTP routes, one module per API resource.
 
 pub mod automation;
+pub mod event_subscriptions;
 pub mod events;
 pub mod secrets;
 pub mod status;
@@ -30,7 +31,10 @@ pub fn router(state: AppState) -> Router {
         ));
     let management = Router::new()
         .nest("/api/v1/vaults", vaults::router())
-        .nest("/api/v1/topics", topics::router())
+        .nest(
+            "/api/v1/topics",
+            topics::router().merge(event_subscriptions::router()),
+        )
         .nest("/api/v1/automation", automation::router())
         .nest("/api/v1/status", status::router())
         .layer(middleware::from_fn_with_state(
