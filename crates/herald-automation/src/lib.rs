@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! Herald's Automation service: runbooks started by token webhooks, run as
 //! jobs by workers in a sandbox, with their streams kept per job.
 

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! Herald's domain types. Everything here is pure: no I/O, no clocks read
 //! implicitly, so the rules can be tested in isolation and reused by every
 //! service crate and both storage engines.

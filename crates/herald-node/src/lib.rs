@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! Herald's composition root: one node.
 //!
 //! `Node::build` opens storage, checks the master key, bootstraps the

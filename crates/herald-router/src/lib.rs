@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! Herald's event router (Event Grid): topics and their keys, the publish
 //! API's schemas, event subscriptions with filters, and pull delivery.
 

@@ -1,3 +1,4 @@
+#![warn(unreachable_pub)]
 //! Herald's Key Vault: versioned secrets, encrypted at rest, with soft
 //! delete and the lifecycle events Azure Key Vault publishes.
 

@@ -18,7 +18,10 @@ use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::time::Duration;
 
-pub fn job_view(job: &JobRecord, history: Option<&[herald_storage::JobTransition]>) -> Value {
+pub(super) fn job_view(
+    job: &JobRecord,
+    history: Option<&[herald_storage::JobTransition]>,
+) -> Value {
     let params: Value = serde_json::from_str(&job.parameters).unwrap_or(Value::Null);
     let mut props = json!({
         "jobId": job.id,

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 
-pub fn webhook_view(wh: &WebhookRecord, runbook: &str, uri: Option<&str>) -> Value {
+pub(super) fn webhook_view(wh: &WebhookRecord, runbook: &str, uri: Option<&str>) -> Value {
     let mut params: Map<String, Value> = serde_json::from_str(&wh.parameters).unwrap_or_default();
     if wh.secure_parameters.is_some() {
         params.insert("(secure parameters)".into(), Value::String("*****".into()));
