@@ -52,7 +52,7 @@ pub(crate) trait AutomationEngine: Engine {
     /// [`concurrency_cap`] is skipped once the runbook's jobs in `ACTIVE`
     /// statuses (counting those leased by this call) reach the cap. Each
     /// leased job gets `worker`, `lease_until` and (if unset) `start_time`
-    /// `now`, and moves to `Activating` through `transition`.
+    /// `now`, and moves to `Activating`: all of which `lease_job` does.
     ///
     /// With several claimers at once, no job is leased twice, no cap is
     /// exceeded, and claimers do not wait on each other's jobs.
@@ -67,9 +67,8 @@ pub(crate) trait AutomationEngine: Engine {
 }
 
 /// Implements [`AutomationStore`](crate::AutomationStore) for an engine
-/// that implements [`AutomationEngine`]. The shared helpers (`transition`,
-/// `job_by_id`) are `pub(super)` in the `automation_store` module it
-/// expands to, for the engine's claim.
+/// that implements [`AutomationEngine`]. Its claim leases each job it
+/// chose with `automation_store::lease_job`, from the module this expands to.
 macro_rules! automation_store {
     ($S:ty) => {
         mod automation_store {
@@ -93,7 +92,7 @@ macro_rules! automation_store {
             /// taken after it, so `MAX(seq) + 1` sees every transition
             /// committed before ours: the per-job sequence stays gap-free and
             /// increasing across nodes.
-            pub(super) async fn transition(
+            async fn transition(
                 tx: &mut Conn<S>,
                 id: &str,
                 status: &str,
@@ -124,8 +123,31 @@ macro_rules! automation_store {
                 Ok(())
             }
 
+            /// Leases a `New` job to `worker` (→ `Activating`) and returns
+            /// it as it is now; the engine's claim chose it.
+            pub(super) async fn lease_job(
+                tx: &mut Conn<S>,
+                id: &str,
+                worker: &str,
+                lease_until: i64,
+                now: i64,
+            ) -> Result<JobRecord> {
+                sqlx::query(
+                    "UPDATE jobs SET worker = $1, lease_until = $2, \
+                     start_time = COALESCE(start_time, $3) WHERE id = $4",
+                )
+                .bind(worker)
+                .bind(lease_until)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                transition(tx, id, "Activating", "", now).await?;
+                job_by_id(tx, id).await
+            }
+
             /// The job as the transaction sees it now.
-            pub(super) async fn job_by_id(tx: &mut Conn<S>, id: &str) -> Result<JobRecord> {
+            async fn job_by_id(tx: &mut Conn<S>, id: &str) -> Result<JobRecord> {
                 Ok(
                     sqlx::query_as(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
                         .bind(id)

@@ -12,7 +12,7 @@ use crate::Result;
 use crate::automation::JobRecord;
 use crate::automation::store::{ACTIVE, AutomationEngine, concurrency_cap};
 use crate::engine::{BoxFuture, Engine};
-use automation_store::{job_by_id, transition};
+use automation_store::lease_job;
 use std::collections::{BTreeSet, HashMap};
 
 crate::automation::store::automation_store!(PgStorage);
@@ -107,18 +107,7 @@ impl AutomationEngine for PgStorage {
                         }
                         *running += 1;
                     }
-                    sqlx::query(
-                        "UPDATE jobs SET worker = $1, lease_until = $2, \
-                         start_time = COALESCE(start_time, $3) WHERE id = $4",
-                    )
-                    .bind(&worker)
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-                    transition(tx, &id, "Activating", "", now).await?;
-                    claimed.push(job_by_id(tx, &id).await?);
+                    claimed.push(lease_job(tx, &id, &worker, lease_until, now).await?);
                 }
                 Ok(claimed)
             })
