@@ -392,7 +392,11 @@ macro_rules! automation_store {
                     .await
                 }
 
-                async fn put_pending_webhook_token(&self, token_hash: &str, now: i64) -> Result<()> {
+                async fn put_pending_webhook_token(
+                    &self,
+                    token_hash: &str,
+                    now: i64,
+                ) -> Result<()> {
                     let hash = token_hash.to_owned();
                     self.write(move |tx| -> BoxFuture<'_, Result<_>> {
                         Box::pin(async move {
@@ -473,7 +477,10 @@ macro_rules! automation_store {
                     Ok(rows.into_iter().next())
                 }
 
-                async fn webhook_by_token(&self, token_hash: &str) -> Result<Option<WebhookRecord>> {
+                async fn webhook_by_token(
+                    &self,
+                    token_hash: &str,
+                ) -> Result<Option<WebhookRecord>> {
                     let rows: Vec<WebhookRecord> = sqlx::query_as(&format!(
                         "SELECT {WEBHOOK_COLS} FROM webhooks WHERE token_hash = $1"
                     ))
@@ -568,7 +575,8 @@ macro_rules! automation_store {
                                 // a key older than `since`. Whoever gets its own
                                 // job id back owns the key.
                                 let owner: String = sqlx::query_scalar(
-                                    "INSERT INTO job_idempotency (webhook_id, key, job_id, created) \
+                                    "INSERT INTO job_idempotency \
+                                     (webhook_id, key, job_id, created) \
                                      VALUES ($1, $2, $3, $4) ON CONFLICT (webhook_id, key) \
                                      DO UPDATE SET \
                                      job_id = CASE WHEN job_idempotency.created < $5 \
@@ -713,7 +721,8 @@ macro_rules! automation_store {
                     sandbox: &str,
                     now: i64,
                 ) -> Result<bool> {
-                    let (id, worker, sandbox) = (id.to_owned(), worker.to_owned(), sandbox.to_owned());
+                    let (id, worker) = (id.to_owned(), worker.to_owned());
+                    let sandbox = sandbox.to_owned();
                     self.write(move |tx| -> BoxFuture<'_, Result<_>> {
                         Box::pin(async move {
                             // Conditional on the lease holder: if the lease
@@ -851,8 +860,8 @@ macro_rules! automation_store {
                                     .bind(&id)
                                     .execute(&mut *tx)
                                     .await?;
-                                    transition(tx, &id, "Stopped", "stopped by user before it ran", now)
-                                        .await?;
+                                    let details = "stopped by user before it ran";
+                                    transition(tx, &id, "Stopped", details, now).await?;
                                 }
                                 "Activating" | "Running" => {
                                     transition(tx, &id, "Stopping", "stop requested by user", now)
@@ -889,7 +898,11 @@ macro_rules! automation_store {
                     .await
                 }
 
-                async fn expire_leases(&self, now: i64, max_restarts: i64) -> Result<Vec<LapsedLease>> {
+                async fn expire_leases(
+                    &self,
+                    now: i64,
+                    max_restarts: i64,
+                ) -> Result<Vec<LapsedLease>> {
                     self.write(move |tx| -> BoxFuture<'_, Result<_>> {
                         Box::pin(async move {
                             // SKIP LOCKED: when two nodes sweep at once each
@@ -931,8 +944,8 @@ macro_rules! automation_store {
                                         .bind(&id)
                                         .execute(&mut *tx)
                                         .await?;
-                                    transition(tx, &id, "Stopped", "stopped: its worker was lost", now)
-                                        .await?;
+                                    let details = "stopped: its worker was lost";
+                                    transition(tx, &id, "Stopped", details, now).await?;
                                     "Stopped"
                                 } else if restarts > max_restarts {
                                     let details = format!(
