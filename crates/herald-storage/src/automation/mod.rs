@@ -5,7 +5,9 @@
 use crate::Result;
 use async_trait::async_trait;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) mod store;
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RunbookRecord {
     pub id: String,
     pub key: String,
@@ -22,7 +24,7 @@ pub struct RunbookRecord {
     pub updated: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RunbookVersionRecord {
     pub runbook_id: String,
     pub version: i64,
@@ -31,7 +33,7 @@ pub struct RunbookVersionRecord {
     pub published: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct WebhookRecord {
     pub id: String,
     pub key: String,
@@ -61,7 +63,7 @@ pub struct WebhookPatch {
     pub updated: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct JobRecord {
     pub id: String,
     pub runbook_id: String,
@@ -86,7 +88,7 @@ pub struct JobRecord {
     pub exit_code: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct JobTransition {
     pub seq: i64,
     pub status: String,
@@ -94,7 +96,7 @@ pub struct JobTransition {
     pub at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StreamRecord {
     pub seq: i64,
     pub stream: String,
@@ -141,7 +143,7 @@ pub struct LapsedLease {
     pub status: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AssetRecord {
     pub key: String,
     pub name: String,
@@ -154,9 +156,10 @@ pub struct AssetRecord {
     pub updated: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct WorkerRecord {
     pub id: String,
+    #[sqlx(rename = "grp")]
     pub group: String,
     pub hostname: String,
     pub slots: i64,

@@ -62,4 +62,11 @@ pub(crate) trait Engine: Send + Sync + 'static {
     /// Queues a wake-up hint (`job:<group>`, `topic:<id>`) for other nodes,
     /// delivered only if the transaction commits. SQLite has no other nodes.
     fn notify<'c>(tx: &'c mut Conn<Self>, payload: String) -> BoxFuture<'c, Result<()>>;
+
+    /// Appended to a `SELECT` of queue rows the caller takes for itself
+    /// (lapsed leases, a pruning batch): on PostgreSQL it locks them and
+    /// passes over rows another node's transaction holds, so two nodes
+    /// never take the same row nor wait on each other; nothing on SQLite,
+    /// whose single writer already serialises the transaction.
+    const SKIP_LOCKED: &'static str;
 }

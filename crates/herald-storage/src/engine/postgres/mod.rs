@@ -136,6 +136,8 @@ impl Engine for PgStorage {
     fn notify<'c>(tx: &'c mut Conn<Self>, payload: String) -> BoxFuture<'c, Result<()>> {
         Box::pin(async move { notify(tx, &payload).await })
     }
+
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 }
 
 impl Storage for PgStorage {

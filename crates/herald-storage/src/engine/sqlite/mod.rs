@@ -123,6 +123,8 @@ impl Engine for SqliteStorage {
     fn notify<'c>(_tx: &'c mut Conn<Self>, _payload: String) -> BoxFuture<'c, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+
+    const SKIP_LOCKED: &'static str = "";
 }
 
 impl Storage for SqliteStorage {
