@@ -6,6 +6,7 @@ pub mod exec;
 pub mod model;
 pub mod sandbox;
 pub mod service;
+pub mod transitions;
 pub mod worker;
 
 pub use service::{AutomationError, AutomationService, AutomationSettings};

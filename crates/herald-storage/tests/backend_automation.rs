@@ -5,6 +5,7 @@
 
 mod common;
 
+use herald_automation::transitions::{lapse_rule, resume_rule, stop_rule};
 use herald_storage::*;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -678,7 +679,11 @@ async fn scenario_concurrency_cap(s: &dyn AutomationStore) {
     assert_eq!(got[0].id, "job-000003");
     // Running and Stopping jobs count too.
     assert!(s.start_job("job-000002", "w1", "sb", 23_000).await.unwrap());
-    let stopping = s.request_stop("job-000002", 24_000).await.unwrap().unwrap();
+    let stopping = s
+        .request_stop("job-000002", 24_000, stop_rule())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stopping.status, "Stopping");
     assert!(
         s.claim_jobs("", "w3", 10, 90_000, 25_000)
@@ -697,24 +702,43 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
     suspended.status = "Suspended".into();
     new_job(s, &suspended).await;
 
-    assert_eq!(s.request_stop("job-nope", 1).await.unwrap(), None);
+    assert_eq!(
+        s.request_stop("job-nope", 1, stop_rule()).await.unwrap(),
+        None
+    );
     // Queued → Stopped at once.
-    let j = s.request_stop("job-000006", 15_000).await.unwrap().unwrap();
+    let j = s
+        .request_stop("job-000006", 15_000, stop_rule())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(j.status, "Stopped");
     assert_eq!(j.status_details, "stopped by user before it ran");
     assert_eq!(j.end_time, Some(15_000));
     // Terminal: unchanged.
-    let again = s.request_stop("job-000006", 16_000).await.unwrap().unwrap();
+    let again = s
+        .request_stop("job-000006", 16_000, stop_rule())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again, j);
     assert_eq!(statuses(s, "job-000006").await, ["New", "Stopped"]);
-    let j = s.request_stop("job-000007", 15_000).await.unwrap().unwrap();
+    let j = s
+        .request_stop("job-000007", 15_000, stop_rule())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(j.status, "Stopped");
 
     // Leases: jobs 1..=5 go to w1 with lease 50_000; job 5 stops (Stopping).
     let got = s.claim_jobs("", "w1", 5, 50_000, 20_000).await.unwrap();
     assert_eq!(got.len(), 5);
     assert!(s.start_job("job-000002", "w1", "sb", 21_000).await.unwrap());
-    let j = s.request_stop("job-000005", 22_000).await.unwrap().unwrap();
+    let j = s
+        .request_stop("job-000005", 22_000, stop_rule())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (j.status.as_str(), j.worker.as_deref()),
         ("Stopping", Some("w1"))
@@ -731,8 +755,13 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
     s.put_job_token("jt-1", "job-000001", 999_999)
         .await
         .unwrap();
-    assert!(s.expire_leases(49_999, 2).await.unwrap().is_empty());
-    let mut lapsed = s.expire_leases(60_000, 2).await.unwrap();
+    assert!(
+        s.expire_leases(49_999, lapse_rule(2))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut lapsed = s.expire_leases(60_000, lapse_rule(2)).await.unwrap();
     lapsed.sort_by(|a, b| a.job_id.cmp(&b.job_id));
     let got: Vec<(&str, &str)> = lapsed
         .iter()
@@ -788,7 +817,7 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
                     .unwrap()
             );
         }
-        let lapsed = s.expire_leases(now + 2, 2).await.unwrap();
+        let lapsed = s.expire_leases(now + 2, lapse_rule(2)).await.unwrap();
         let l3 = lapsed.iter().find(|l| l.job_id == "job-000003").unwrap();
         assert_eq!(l3.status, want, "round {round}");
         assert_eq!(l3.worker.as_deref(), Some("w9"));
@@ -801,10 +830,26 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
     );
 
     // Resume: Suspended → Resuming → New, restarts reset; only from Suspended.
-    assert!(s.resume_job("job-000003", 400_000).await.unwrap());
-    assert!(!s.resume_job("job-000003", 400_000).await.unwrap());
-    assert!(!s.resume_job("job-000004", 400_000).await.unwrap());
-    assert!(!s.resume_job("job-nope", 400_000).await.unwrap());
+    assert!(
+        s.resume_job("job-000003", 400_000, resume_rule())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.resume_job("job-000003", 400_000, resume_rule())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.resume_job("job-000004", 400_000, resume_rule())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.resume_job("job-nope", 400_000, resume_rule())
+            .await
+            .unwrap()
+    );
     let j3 = s.job("job-000003").await.unwrap().unwrap();
     assert_eq!(
         (j3.status.as_str(), j3.restarts, j3.end_time),
@@ -817,7 +862,7 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, "job-000003");
     let j = s
-        .request_stop("job-000003", 400_002)
+        .request_stop("job-000003", 400_002, stop_rule())
         .await
         .unwrap()
         .unwrap();
@@ -1211,7 +1256,7 @@ async fn pg_lease_sweeps_never_double_process() {
             let mut mine = Vec::new();
             // Keep sweeping until nothing is left, as a node's loop would.
             loop {
-                let lapsed = node.expire_leases(60_000, 5).await.unwrap();
+                let lapsed = node.expire_leases(60_000, lapse_rule(5)).await.unwrap();
                 if lapsed.is_empty() {
                     break;
                 }
@@ -1273,7 +1318,7 @@ async fn pg_lease_holder_and_sweeper_race() {
         tokio::spawn(async move {
             let mut n = 0;
             loop {
-                let l = b.expire_leases(60_000, 5).await.unwrap();
+                let l = b.expire_leases(60_000, lapse_rule(5)).await.unwrap();
                 if l.is_empty() {
                     break;
                 }
@@ -1333,7 +1378,7 @@ async fn pg_concurrent_appends_and_transitions_keep_sequences() {
                     .await
                     .unwrap();
                 landed += got.len();
-                node.expire_leases(1, 1_000).await.unwrap();
+                node.expire_leases(1, lapse_rule(1_000)).await.unwrap();
                 if landed >= 3 {
                     break;
                 }
@@ -1407,17 +1452,21 @@ async fn pg_new_jobs_wake_other_nodes() {
     assert!(!got.is_empty());
     let waiting = tokio::spawn(hinted("job:linux", &mut wake));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let lapsed = a.expire_leases(60_000, 0).await.unwrap();
+    let lapsed = a.expire_leases(60_000, lapse_rule(0)).await.unwrap();
     assert!(lapsed.iter().all(|l| l.status == "Suspended"));
     // Suspended, not re-queued: no hint expected from that sweep; resume sends one.
-    assert!(a.resume_job(&lapsed[0].job_id, 70_000).await.unwrap());
+    assert!(
+        a.resume_job(&lapsed[0].job_id, 70_000, resume_rule())
+            .await
+            .unwrap()
+    );
     assert!(waiting.await.unwrap(), "resume_job sends job:<group>");
 
     let got = a.claim_jobs("linux", "w", 1, 80_000, 75_000).await.unwrap();
     assert_eq!(got.len(), 1);
     let waiting = tokio::spawn(hinted("job:linux", &mut wake));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let lapsed = a.expire_leases(90_000, 5).await.unwrap();
+    let lapsed = a.expire_leases(90_000, lapse_rule(5)).await.unwrap();
     assert_eq!(lapsed.len(), 1);
     assert_eq!(lapsed[0].status, "New");
     assert!(

@@ -67,7 +67,7 @@ impl AutomationService {
     pub async fn stop_job(&self, id: &str) -> Result<JobRecord> {
         let job = self
             .store()
-            .request_stop(id, now_ms())
+            .request_stop(id, now_ms(), crate::transitions::stop_rule())
             .await?
             .ok_or_else(|| not_found("job", id))?;
         if let Some(stop) = self
@@ -86,7 +86,11 @@ impl AutomationService {
 
     pub async fn resume_job(&self, id: &str) -> Result<JobRecord> {
         let job = self.job(id).await?;
-        if !self.store().resume_job(id, now_ms()).await? {
+        if !self
+            .store()
+            .resume_job(id, now_ms(), crate::transitions::resume_rule())
+            .await?
+        {
             return Err(AutomationError::Conflict(format!(
                 "job {id} is {}; only Suspended jobs can be resumed",
                 job.status

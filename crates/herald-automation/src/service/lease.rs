@@ -280,7 +280,10 @@ impl AutomationService {
     pub async fn sweep_leases(&self) -> Result<usize> {
         let lapsed = self
             .store()
-            .expire_leases(now_ms(), self.inner.settings.max_restarts)
+            .expire_leases(
+                now_ms(),
+                crate::transitions::lapse_rule(self.inner.settings.max_restarts),
+            )
             .await?;
         for l in &lapsed {
             tracing::warn!(job = %l.job_id, worker = l.worker.as_deref().unwrap_or("?"), status = %l.status, "job's worker was lost");

@@ -4,6 +4,7 @@
 
 use crate::Result;
 use async_trait::async_trait;
+use std::sync::Arc;
 
 pub(crate) mod store;
 
@@ -134,6 +135,43 @@ pub struct JobEnd {
     pub at: i64,
 }
 
+/// One status change a domain rule decided; the store writes it with its
+/// history row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    pub status: String,
+    /// The status details users read (`statusDetails`, and the history).
+    pub details: String,
+}
+
+/// What herald-automation's state machine decided for one job. The store
+/// applies it in the transaction that read the job's status, under its
+/// row lock, so the decision cannot race a worker or another node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobDecision {
+    /// Status changes in order; empty leaves the job as it is.
+    pub changes: Vec<StatusChange>,
+    /// The job ends: its end time is set and its worker and lease released.
+    pub ends: bool,
+    /// The job is queued again: its group's workers are woken.
+    pub requeue: bool,
+}
+
+/// Decides what a request does to a job in the given status (stop, resume).
+pub type StatusRule = Arc<dyn Fn(&str) -> JobDecision + Send + Sync>;
+
+/// A job whose lease lapsed, as the lapse rule sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct LapsedJob<'a> {
+    pub status: &'a str,
+    /// Restarts so far, counting this one.
+    pub restarts: i64,
+    pub worker: Option<&'a str>,
+}
+
+/// Decides what becomes of a job whose worker stopped renewing its lease.
+pub type LapseRule = Arc<dyn Fn(&LapsedJob<'_>) -> JobDecision + Send + Sync>;
+
 /// A lease that lapsed: its job was re-queued or suspended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LapsedLease {
@@ -248,12 +286,14 @@ pub trait AutomationStore: Send + Sync {
     /// revoking its tokens. `false` if it was already terminal or re-leased.
     async fn finish_job(&self, id: &str, worker: Option<&str>, end: &JobEnd) -> Result<bool>;
     /// A user stop: queued jobs stop at once, active ones go `Stopping`.
-    async fn request_stop(&self, id: &str, now: i64) -> Result<Option<JobRecord>>;
-    /// Suspended → New.
-    async fn resume_job(&self, id: &str, now: i64) -> Result<bool>;
-    /// Leases that lapsed: `Disconnected`, then re-queued, or `Suspended`
-    /// after `max_restarts`.
-    async fn expire_leases(&self, now: i64, max_restarts: i64) -> Result<Vec<LapsedLease>>;
+    async fn request_stop(&self, id: &str, now: i64, rule: StatusRule)
+    -> Result<Option<JobRecord>>;
+    /// Resumes a job as `rule` decides for its status, with its restarts
+    /// reset; `false` if the rule changed nothing (or the job is unknown).
+    async fn resume_job(&self, id: &str, now: i64, rule: StatusRule) -> Result<bool>;
+    /// Releases lapsed leases (their job tokens die with them) and applies
+    /// `rule` to each job, counting the restart.
+    async fn expire_leases(&self, now: i64, rule: LapseRule) -> Result<Vec<LapsedLease>>;
     async fn read_records(
         &self,
         id: &str,

@@ -92,6 +92,30 @@ macro_rules! automation_store {
             /// taken after it, so `MAX(seq) + 1` sees every transition
             /// committed before ours: the per-job sequence stays gap-free and
             /// increasing across nodes.
+            /// Writes a decision of the job state machine: the end (end
+            /// time set, worker and lease released) and each status change.
+            async fn apply(
+                tx: &mut Conn<S>,
+                id: &str,
+                decision: &JobDecision,
+                now: i64,
+            ) -> Result<()> {
+                if decision.ends {
+                    sqlx::query(
+                        "UPDATE jobs SET end_time = $1, worker = NULL, lease_until = NULL \
+                         WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for change in &decision.changes {
+                    transition(&mut *tx, id, &change.status, &change.details, now).await?;
+                }
+                Ok(())
+            }
+
             async fn transition(
                 tx: &mut Conn<S>,
                 id: &str,
@@ -833,7 +857,12 @@ macro_rules! automation_store {
                     .await
                 }
 
-                async fn request_stop(&self, id: &str, now: i64) -> Result<Option<JobRecord>> {
+                async fn request_stop(
+                    &self,
+                    id: &str,
+                    now: i64,
+                    rule: StatusRule,
+                ) -> Result<Option<JobRecord>> {
                     let id = id.to_owned();
                     self.write(move |tx| -> BoxFuture<'_, Result<_>> {
                         Box::pin(async move {
@@ -850,48 +879,41 @@ macro_rules! automation_store {
                             let Some(status) = status else {
                                 return Ok(None);
                             };
-                            match status.as_str() {
-                                "New" | "Suspended" | "Disconnected" => {
-                                    sqlx::query(
-                                        "UPDATE jobs SET end_time = $1, worker = NULL, \
-                                         lease_until = NULL WHERE id = $2",
-                                    )
-                                    .bind(now)
-                                    .bind(&id)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                    let details = "stopped by user before it ran";
-                                    transition(tx, &id, "Stopped", details, now).await?;
-                                }
-                                "Activating" | "Running" => {
-                                    transition(tx, &id, "Stopping", "stop requested by user", now)
-                                        .await?;
-                                }
-                                _ => {}
-                            }
+                            apply(tx, &id, &rule(&status), now).await?;
                             Ok(Some(job_by_id(tx, &id).await?))
                         })
                     })
                     .await
                 }
 
-                async fn resume_job(&self, id: &str, now: i64) -> Result<bool> {
+                async fn resume_job(&self, id: &str, now: i64, rule: StatusRule) -> Result<bool> {
                     let id = id.to_owned();
                     self.write(move |tx| -> BoxFuture<'_, Result<_>> {
                         Box::pin(async move {
-                            let group: Option<String> = sqlx::query_scalar(
-                                "UPDATE jobs SET restarts = 0, end_time = NULL \
-                                 WHERE id = $1 AND status = 'Suspended' RETURNING run_on",
-                            )
+                            let row: Option<(String, String)> = sqlx::query_as(&format!(
+                                "SELECT status, run_on FROM jobs WHERE id = $1{}",
+                                <S as Engine>::FOR_UPDATE
+                            ))
                             .bind(&id)
                             .fetch_optional(&mut *tx)
                             .await?;
-                            let Some(group) = group else {
+                            let Some((status, group)) = row else {
                                 return Ok(false);
                             };
-                            transition(tx, &id, "Resuming", "resumed by user", now).await?;
-                            transition(tx, &id, "New", "", now).await?;
-                            wake_group(tx, &group).await?;
+                            let decision = rule(&status);
+                            if decision.changes.is_empty() {
+                                return Ok(false);
+                            }
+                            sqlx::query(
+                                "UPDATE jobs SET restarts = 0, end_time = NULL WHERE id = $1",
+                            )
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await?;
+                            apply(tx, &id, &decision, now).await?;
+                            if decision.requeue {
+                                wake_group(tx, &group).await?;
+                            }
                             Ok(true)
                         })
                     })
@@ -901,7 +923,7 @@ macro_rules! automation_store {
                 async fn expire_leases(
                     &self,
                     now: i64,
-                    max_restarts: i64,
+                    rule: LapseRule,
                 ) -> Result<Vec<LapsedLease>> {
                     self.write(move |tx| -> BoxFuture<'_, Result<_>> {
                         Box::pin(async move {
@@ -925,10 +947,6 @@ macro_rules! automation_store {
                             let mut requeued: BTreeSet<String> = BTreeSet::new();
                             for (id, worker, status, restarts, run_on) in rows {
                                 let restarts = restarts + 1;
-                                let lost = format!(
-                                    "worker {} stopped sending heartbeats",
-                                    worker.as_deref().unwrap_or("?")
-                                );
                                 sqlx::query(
                                     "UPDATE jobs SET worker = NULL, lease_until = NULL, \
                                      restarts = $1 WHERE id = $2",
@@ -937,37 +955,24 @@ macro_rules! automation_store {
                                 .bind(&id)
                                 .execute(&mut *tx)
                                 .await?;
-                                transition(tx, &id, "Disconnected", &lost, now).await?;
-                                let next = if status == "Stopping" {
-                                    sqlx::query("UPDATE jobs SET end_time = $1 WHERE id = $2")
-                                        .bind(now)
-                                        .bind(&id)
-                                        .execute(&mut *tx)
-                                        .await?;
-                                    let details = "stopped: its worker was lost";
-                                    transition(tx, &id, "Stopped", details, now).await?;
-                                    "Stopped"
-                                } else if restarts > max_restarts {
-                                    let details = format!(
-                                        "the job was attempted {restarts} times and its worker \
-                                         was lost each time"
-                                    );
-                                    transition(tx, &id, "Suspended", &details, now).await?;
-                                    "Suspended"
-                                } else {
-                                    let details = format!("re-queued after restart {restarts}");
-                                    transition(tx, &id, "New", &details, now).await?;
-                                    requeued.insert(run_on);
-                                    "New"
-                                };
+                                let decision = rule(&LapsedJob {
+                                    status: &status,
+                                    restarts,
+                                    worker: worker.as_deref(),
+                                });
+                                apply(tx, &id, &decision, now).await?;
                                 sqlx::query("DELETE FROM job_tokens WHERE job_id = $1")
                                     .bind(&id)
                                     .execute(&mut *tx)
                                     .await?;
+                                if decision.requeue {
+                                    requeued.insert(run_on);
+                                }
+                                let last = decision.changes.last().map(|c| c.status.clone());
                                 lapsed.push(LapsedLease {
                                     job_id: id,
                                     worker,
-                                    status: next.to_owned(),
+                                    status: last.unwrap_or(status),
                                 });
                             }
                             for group in &requeued {
