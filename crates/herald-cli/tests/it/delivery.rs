@@ -1073,7 +1073,12 @@ async fn retry_after_on_503_is_honoured_unscaled() {
             "Retry-After: 1 not honoured: {gap:?}"
         );
     }
-    let log = attempts(&app, "orders", "busy").await;
+    // The receiver sees the third request before Herald logs its outcome.
+    let log = eventually("3 logged attempts", WAIT, || async {
+        let a = attempts(&app, "orders", "busy").await;
+        (a.len() >= 3).then_some(a)
+    })
+    .await;
     let outcomes: Vec<&str> = log.iter().filter_map(|a| a["outcome"].as_str()).collect();
     assert_eq!(outcomes, ["Busy", "Busy", "Delivered"]);
 }
