@@ -43,6 +43,22 @@ pub(crate) trait Engine: Send + Sync + 'static {
     const FALSE: &'static str;
     /// Most bind parameters one statement may carry.
     const MAX_BINDS: usize;
+    /// Appended to an `ORDER BY` of text: byte order on both engines
+    /// (SQLite compares text as bytes already; PostgreSQL needs `"C"`).
+    const BYTE_ORDER: &'static str;
+    /// The function `f(haystack, needle)` that returns where `needle`
+    /// starts in `haystack`, 0 when it does not occur.
+    const INSTR: &'static str;
+
+    /// Takes the transaction-scoped lock named by `space` and `key` on
+    /// PostgreSQL, which other nodes' transactions on the same name wait
+    /// for until this one ends; nothing on SQLite, whose single writer
+    /// already serialises the transaction.
+    fn advisory_lock<'c>(
+        tx: &'c mut Conn<Self>,
+        space: &'static str,
+        key: &'c str,
+    ) -> BoxFuture<'c, Result<()>>;
 
     /// `clause` (a row-locking clause such as `" FOR NO KEY UPDATE OF s"`)
     /// where the engine has row locks; nothing on SQLite.

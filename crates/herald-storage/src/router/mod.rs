@@ -1,5 +1,7 @@
 //! The router's part of the storage seam.
 
+pub(crate) mod store;
+
 use crate::Result;
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -21,7 +23,31 @@ pub struct TopicRecord {
     pub key2: Vec<u8>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Stored access keys are NULL for system topics: they read as empty.
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for TopicRecord
+where
+    &'r str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<Vec<u8>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(r: &'r R) -> std::result::Result<Self, sqlx::Error> {
+        Ok(TopicRecord {
+            id: r.try_get("id")?,
+            kind: r.try_get("kind")?,
+            name: r.try_get("name")?,
+            arm_id: r.try_get("arm_id")?,
+            created: r.try_get("created")?,
+            input_schema: r.try_get("input_schema")?,
+            input_mapping: r.try_get("input_mapping")?,
+            key1: r.try_get::<Option<Vec<u8>>, _>("key1")?.unwrap_or_default(),
+            key2: r.try_get::<Option<Vec<u8>>, _>("key2")?.unwrap_or_default(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SubscriptionRecord {
     pub id: String,
     pub topic_id: String,
@@ -44,7 +70,7 @@ pub struct NewLogEvent {
 }
 
 /// A log row as filters and deliveries see it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LogRow {
     pub seq: i64,
     /// The event's own id (as published).
@@ -53,6 +79,7 @@ pub struct LogRow {
     pub subject: String,
     pub body: String,
     /// Unix seconds when the event was accepted.
+    #[sqlx(rename = "created")]
     pub published_at: i64,
 }
 
@@ -175,7 +202,7 @@ pub struct AttemptRecord {
 }
 
 /// A pending manual validation of a webhook subscription.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingValidation {
     pub subscription_id: String,
     pub code: String,
@@ -189,7 +216,7 @@ pub enum SettleFailure {
     TokenLost,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeadLetterRecord {
     pub id: i64,
     pub seq: i64,

@@ -12,6 +12,7 @@ macro_rules! vault_store {
         mod vault_store {
             use super::*;
             use crate::engine::{BoxFuture, Conn, Engine};
+            use crate::router::store::TOPIC_COLS;
             use crate::*;
             use herald_core::EventGridEvent;
             use herald_core::vault::VaultSettings;
@@ -37,23 +38,6 @@ macro_rules! vault_store {
                         near_expiry_secs: r.try_get("near_expiry_secs")?,
                     },
                     created: r.try_get("created")?,
-                })
-            }
-
-            const TOPIC_COLS: &str =
-                "id, kind, name, arm_id, created, input_schema, input_mapping, key1, key2";
-
-            fn topic_from_row(r: &DbRow) -> Result<TopicRecord> {
-                Ok(TopicRecord {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    name: r.try_get("name")?,
-                    arm_id: r.try_get("arm_id")?,
-                    created: r.try_get("created")?,
-                    input_schema: r.try_get("input_schema")?,
-                    input_mapping: r.try_get("input_mapping")?,
-                    key1: r.try_get::<Option<Vec<u8>>, _>("key1")?.unwrap_or_default(),
-                    key2: r.try_get::<Option<Vec<u8>>, _>("key2")?.unwrap_or_default(),
                 })
             }
 
@@ -440,15 +424,14 @@ macro_rules! vault_store {
                 }
 
                 async fn topic_for_vault(&self, vault_id: &str) -> Result<Option<TopicRecord>> {
-                    let row = sqlx::query(&format!(
+                    Ok(sqlx::query_as(&format!(
                         "SELECT {TOPIC_COLS} FROM topics WHERE vault_id = $1 AND kind = 'system'"
                     ))
                     .bind(vault_id)
                     .fetch_all(self.reader())
                     .await?
                     .into_iter()
-                    .next();
-                    row.as_ref().map(topic_from_row).transpose()
+                    .next())
                 }
 
                 async fn put_version(

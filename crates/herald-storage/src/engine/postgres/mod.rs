@@ -112,6 +112,23 @@ impl Engine for PgStorage {
     const TRUE: &'static str = "TRUE";
     const FALSE: &'static str = "FALSE";
     const MAX_BINDS: usize = 65_535;
+    const BYTE_ORDER: &'static str = " COLLATE \"C\"";
+    const INSTR: &'static str = "strpos";
+
+    fn advisory_lock<'c>(
+        tx: &'c mut Conn<Self>,
+        space: &'static str,
+        key: &'c str,
+    ) -> BoxFuture<'c, Result<()>> {
+        Box::pin(async move {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
+                .bind(space)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+            Ok(())
+        })
+    }
 
     fn row_lock(clause: &'static str) -> &'static str {
         clause

@@ -103,6 +103,16 @@ impl Engine for SqliteStorage {
     const TRUE: &'static str = "1";
     const FALSE: &'static str = "0";
     const MAX_BINDS: usize = 32_766;
+    const BYTE_ORDER: &'static str = "";
+    const INSTR: &'static str = "instr";
+
+    fn advisory_lock<'c>(
+        _tx: &'c mut Conn<Self>,
+        _space: &'static str,
+        _key: &'c str,
+    ) -> BoxFuture<'c, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 
     fn row_lock(_clause: &'static str) -> &'static str {
         ""
