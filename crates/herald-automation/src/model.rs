@@ -182,9 +182,10 @@ impl Permission {
     }
 }
 
-/// Run settings of a runbook, stored as JSON beside its draft.
+/// Run settings of a runbook, stored as JSON beside its draft. A setting
+/// missing from the stored JSON has its default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct RunbookSettings {
     pub timeout_seconds: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,5 +1,6 @@
 //! The job state machine: what a stop request, a resume and a lost worker
-//! do to a job, with the status details users read.
+//! do to a job, with the status details users read; and the queue's
+//! concurrency cap.
 //!
 //! The rules live here and the store applies them: each is handed to the
 //! store as a [`StatusRule`] or [`LapseRule`] and runs inside the
@@ -7,7 +8,8 @@
 //! router's `Matcher` runs inside a claim.
 
 use crate::model::JobStatus;
-use herald_storage::{JobDecision, LapseRule, LapsedJob, StatusChange, StatusRule};
+use crate::model::RunbookSettings;
+use herald_storage::{CapRule, JobDecision, LapseRule, LapsedJob, StatusChange, StatusRule};
 use std::sync::Arc;
 
 fn change(status: JobStatus, details: impl Into<String>) -> StatusChange {
@@ -118,9 +120,35 @@ pub fn lapse_rule(max_restarts: i64) -> LapseRule {
     Arc::new(move |job: &LapsedJob<'_>| on_lease_lapse(job, max_restarts))
 }
 
+/// A runbook's `maxConcurrentJobs`, read from its stored settings the way
+/// every other setting is read, as the queue claim takes it. Settings that
+/// do not parse have no cap, as they have the default of every other
+/// setting.
+pub fn cap_rule() -> CapRule {
+    Arc::new(|stored: &str| {
+        serde_json::from_str::<RunbookSettings>(stored)
+            .ok()
+            .and_then(|s| s.max_concurrent_jobs)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cap_is_read_from_stored_settings() {
+        let cap = cap_rule();
+        assert_eq!(cap(r#"{"maxConcurrentJobs":2}"#), Some(2));
+        let stored = serde_json::to_string(&RunbookSettings {
+            max_concurrent_jobs: Some(7),
+            ..RunbookSettings::default()
+        })
+        .unwrap();
+        assert_eq!(cap(&stored), Some(7));
+        assert_eq!(cap(r#"{"timeoutSeconds":60}"#), None);
+        assert_eq!(cap("not json"), None);
+    }
 
     fn statuses(d: &JobDecision) -> Vec<&str> {
         d.changes.iter().map(|c| c.status.as_str()).collect()

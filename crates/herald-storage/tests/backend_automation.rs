@@ -5,7 +5,7 @@
 
 mod common;
 
-use herald_automation::transitions::{lapse_rule, resume_rule, stop_rule};
+use herald_automation::transitions::{cap_rule, lapse_rule, resume_rule, stop_rule};
 use herald_storage::*;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -455,15 +455,28 @@ async fn scenario_claim_and_run(s: &dyn AutomationStore) {
     new_job(s, &job(4, "rb-rb", "linux")).await;
     new_job(s, &job(5, "rb-rb", "")).await;
 
-    assert!(s.claim_jobs("", "w1", 0, 1, 1).await.unwrap().is_empty());
-    assert!(s.claim_jobs("", "w1", -1, 1, 1).await.unwrap().is_empty());
     assert!(
-        s.claim_jobs("windows", "w1", 5, 1, 1)
+        s.claim_jobs("", "w1", 0, 1, 1, cap_rule())
             .await
             .unwrap()
             .is_empty()
     );
-    let got = s.claim_jobs("", "w1", 2, 90_000, 20_000).await.unwrap();
+    assert!(
+        s.claim_jobs("", "w1", -1, 1, 1, cap_rule())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.claim_jobs("windows", "w1", 5, 1, 1, cap_rule())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let got = s
+        .claim_jobs("", "w1", 2, 90_000, 20_000, cap_rule())
+        .await
+        .unwrap();
     let ids: Vec<&str> = got.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["job-000001", "job-000002"]);
     for j in &got {
@@ -475,7 +488,7 @@ async fn scenario_claim_and_run(s: &dyn AutomationStore) {
         assert_eq!(s.job(&j.id).await.unwrap().as_ref(), Some(j));
     }
     let linux = s
-        .claim_jobs("linux", "w2", 5, 90_000, 20_000)
+        .claim_jobs("linux", "w2", 5, 90_000, 20_000, cap_rule())
         .await
         .unwrap();
     assert_eq!(linux.len(), 1);
@@ -656,14 +669,17 @@ async fn scenario_concurrency_cap(s: &dyn AutomationStore) {
     new_job(s, &job(6, "rb-deleted", "")).await;
     new_job(s, &job(7, "rb-capped", "")).await;
 
-    let got = s.claim_jobs("", "w1", 10, 90_000, 20_000).await.unwrap();
+    let got = s
+        .claim_jobs("", "w1", 10, 90_000, 20_000, cap_rule())
+        .await
+        .unwrap();
     let ids: Vec<&str> = got.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(
         ids,
         ["job-000001", "job-000002", "job-000005", "job-000006"]
     );
     assert!(
-        s.claim_jobs("", "w2", 10, 90_000, 20_000)
+        s.claim_jobs("", "w2", 10, 90_000, 20_000, cap_rule())
             .await
             .unwrap()
             .is_empty()
@@ -674,7 +690,10 @@ async fn scenario_concurrency_cap(s: &dyn AutomationStore) {
             .await
             .unwrap()
     );
-    let got = s.claim_jobs("", "w2", 10, 90_000, 22_000).await.unwrap();
+    let got = s
+        .claim_jobs("", "w2", 10, 90_000, 22_000, cap_rule())
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id, "job-000003");
     // Running and Stopping jobs count too.
@@ -686,7 +705,7 @@ async fn scenario_concurrency_cap(s: &dyn AutomationStore) {
         .unwrap();
     assert_eq!(stopping.status, "Stopping");
     assert!(
-        s.claim_jobs("", "w3", 10, 90_000, 25_000)
+        s.claim_jobs("", "w3", 10, 90_000, 25_000, cap_rule())
             .await
             .unwrap()
             .is_empty()
@@ -731,7 +750,10 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
     assert_eq!(j.status, "Stopped");
 
     // Leases: jobs 1..=5 go to w1 with lease 50_000; job 5 stops (Stopping).
-    let got = s.claim_jobs("", "w1", 5, 50_000, 20_000).await.unwrap();
+    let got = s
+        .claim_jobs("", "w1", 5, 50_000, 20_000, cap_rule())
+        .await
+        .unwrap();
     assert_eq!(got.len(), 5);
     assert!(s.start_job("job-000002", "w1", "sb", 21_000).await.unwrap());
     let j = s
@@ -808,7 +830,10 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
     // Two more losses of job 3: restart 2 re-queues, restart 3 suspends.
     for (round, want) in [(2, "New"), (3, "Suspended")] {
         let now = 100_000 * round;
-        let got = s.claim_jobs("", "w9", 3, now + 1, now).await.unwrap();
+        let got = s
+            .claim_jobs("", "w9", 3, now + 1, now, cap_rule())
+            .await
+            .unwrap();
         assert!(got.iter().any(|j| j.id == "job-000003"), "round {round}");
         for j in got.iter().filter(|j| j.id != "job-000003") {
             assert!(
@@ -858,7 +883,10 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
     let hist = statuses(s, "job-000003").await;
     assert_eq!(&hist[hist.len() - 3..], ["Suspended", "Resuming", "New"]);
     // Stop an Activating job: Stopping, then the worker reports Stopped.
-    let claimed = s.claim_jobs("", "w1", 5, 400_010, 400_001).await.unwrap();
+    let claimed = s
+        .claim_jobs("", "w1", 5, 400_010, 400_001, cap_rule())
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, "job-000003");
     let j = s
@@ -893,7 +921,10 @@ async fn scenario_prune(s: &dyn AutomationStore) {
             .unwrap();
         assert_eq!(created, JobCreated::Created);
     }
-    let got = s.claim_jobs("", "w", 3, 99_000, 20_000).await.unwrap();
+    let got = s
+        .claim_jobs("", "w", 3, 99_000, 20_000, cap_rule())
+        .await
+        .unwrap();
     assert_eq!(got.len(), 3);
     s.append_records("job-000001", &[rec("Output", "x", None)], 100)
         .await
@@ -1085,7 +1116,7 @@ async fn pg_claimers_never_share_a_job() {
             let mut mine = Vec::new();
             loop {
                 let got = node
-                    .claim_jobs("", &worker, 3, 1_000_000, 20_000)
+                    .claim_jobs("", &worker, 3, 1_000_000, 20_000, cap_rule())
                     .await
                     .unwrap();
                 if got.is_empty() {
@@ -1137,9 +1168,16 @@ async fn pg_concurrency_cap_holds_across_nodes() {
             let start = start.clone();
             tasks.push(tokio::spawn(async move {
                 start.wait().await;
-                node.claim_jobs("", &format!("w{round}-{i}"), 1, 1_000_000, 20_000)
-                    .await
-                    .unwrap()
+                node.claim_jobs(
+                    "",
+                    &format!("w{round}-{i}"),
+                    1,
+                    1_000_000,
+                    20_000,
+                    cap_rule(),
+                )
+                .await
+                .unwrap()
             }));
         }
         for t in tasks {
@@ -1161,7 +1199,7 @@ async fn pg_concurrency_cap_holds_across_nodes() {
         );
     }
     // Whatever the racing claimers passed over (locked by another) is free now.
-    a.claim_jobs("", "last", 100, 1_000_000, 20_000)
+    a.claim_jobs("", "last", 100, 1_000_000, 20_000, cap_rule())
         .await
         .unwrap();
     let free = a
@@ -1245,7 +1283,7 @@ async fn pg_lease_sweeps_never_double_process() {
         new_job(&*a, &job(n, "rb-rb", "")).await;
     }
     let got = a
-        .claim_jobs("", "w", JOBS as i64, 50_000, 20_000)
+        .claim_jobs("", "w", JOBS as i64, 50_000, 20_000, cap_rule())
         .await
         .unwrap();
     assert_eq!(got.len(), JOBS);
@@ -1295,7 +1333,10 @@ async fn pg_lease_holder_and_sweeper_race() {
     for n in 1..=JOBS {
         new_job(&*a, &job(n, "rb-rb", "")).await;
     }
-    let got = a.claim_jobs("", "w", JOBS, 50_000, 20_000).await.unwrap();
+    let got = a
+        .claim_jobs("", "w", JOBS, 50_000, 20_000, cap_rule())
+        .await
+        .unwrap();
     assert_eq!(got.len() as i64, JOBS);
     let finisher = {
         let a = a.clone();
@@ -1374,7 +1415,7 @@ async fn pg_concurrent_appends_and_transitions_keep_sequences() {
             let mut landed = 0;
             for _ in 0..2_000 {
                 let got = node
-                    .claim_jobs("", &format!("w{i}"), 1, 0, 20_000)
+                    .claim_jobs("", &format!("w{i}"), 1, 0, 20_000, cap_rule())
                     .await
                     .unwrap();
                 landed += got.len();
@@ -1446,7 +1487,7 @@ async fn pg_new_jobs_wake_other_nodes() {
 
     // A re-queue by the lease sweep and a resume send it too.
     let got = a
-        .claim_jobs("linux", "w", 100, 50_000, 20_000)
+        .claim_jobs("linux", "w", 100, 50_000, 20_000, cap_rule())
         .await
         .unwrap();
     assert!(!got.is_empty());
@@ -1462,7 +1503,10 @@ async fn pg_new_jobs_wake_other_nodes() {
     );
     assert!(waiting.await.unwrap(), "resume_job sends job:<group>");
 
-    let got = a.claim_jobs("linux", "w", 1, 80_000, 75_000).await.unwrap();
+    let got = a
+        .claim_jobs("linux", "w", 1, 80_000, 75_000, cap_rule())
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1);
     let waiting = tokio::spawn(hinted("job:linux", &mut wake));
     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,6 +1,7 @@
 //! The lease protocol that the built-in pool and remote workers speak, lease sweeping, and the automation duties.
 
 use super::*;
+use crate::transitions::cap_rule;
 use herald_storage::{JobEnd, JobRecord, StreamRecord, WorkerRecord};
 use serde_json::Value;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ impl AutomationService {
             let lease_until = now + self.inner.settings.lease.as_millis() as i64;
             let jobs = self
                 .store()
-                .claim_jobs(group, worker, n, lease_until, now)
+                .claim_jobs(group, worker, n, lease_until, now, cap_rule())
                 .await?;
             if !jobs.is_empty() {
                 let mut out = Vec::with_capacity(jobs.len());

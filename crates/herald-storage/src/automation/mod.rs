@@ -157,6 +157,10 @@ pub struct JobDecision {
     pub requeue: bool,
 }
 
+/// A runbook's cap on its jobs running at once (`maxConcurrentJobs`), read
+/// from its stored settings; `None` for no cap.
+pub type CapRule = Arc<dyn Fn(&str) -> Option<i64> + Send + Sync>;
+
 /// Decides what a request does to a job in the given status (stop, resume).
 pub type StatusRule = Arc<dyn Fn(&str) -> JobDecision + Send + Sync>;
 
@@ -255,7 +259,8 @@ pub trait AutomationStore: Send + Sync {
     async fn job_transitions(&self, id: &str) -> Result<Vec<JobTransition>>;
     async fn count_jobs_by_status(&self) -> Result<Vec<(String, i64)>>;
     /// Leases up to `n` queued jobs of `group` to `worker` (→ `Activating`),
-    /// oldest first, skipping runbooks at their concurrency cap.
+    /// oldest first, skipping runbooks at the concurrency cap `cap` reads
+    /// from their settings.
     async fn claim_jobs(
         &self,
         group: &str,
@@ -263,6 +268,7 @@ pub trait AutomationStore: Send + Sync {
         n: i64,
         lease_until: i64,
         now: i64,
+        cap: CapRule,
     ) -> Result<Vec<JobRecord>>;
     /// `Activating` → `Running` for the leaseholder.
     async fn start_job(&self, id: &str, worker: &str, sandbox: &str, now: i64) -> Result<bool>;

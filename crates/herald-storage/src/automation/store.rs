@@ -18,7 +18,7 @@
 //! apart, so each engine implements [`AutomationEngine`].
 
 use crate::Result;
-use crate::automation::JobRecord;
+use crate::automation::{CapRule, JobRecord};
 use crate::engine::Engine;
 use std::future::Future;
 
@@ -35,21 +35,14 @@ pub(crate) const ASSET_COLS: &str =
 /// Statuses that hold a lease (a worker owns the job).
 pub(crate) const ACTIVE: &str = "('Activating', 'Running', 'Stopping')";
 
-/// The `maxConcurrentJobs` cap in a runbook's settings JSON, if any.
-pub(crate) fn concurrency_cap(settings: Option<&str>) -> Option<i64> {
-    settings
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-        .and_then(|v| v.get("maxConcurrentJobs").and_then(|c| c.as_i64()))
-}
-
 /// What each engine does its own way: taking jobs off the queue.
 pub(crate) trait AutomationEngine: Engine {
     /// Leases up to `n` (at least 1) `New` jobs of `group` to `worker`, in
     /// one write transaction, and returns them as they are after it.
     ///
     /// Jobs are taken oldest first (`created`, then `id`), looking at no
-    /// more than `4 n` of them. A job whose runbook has a
-    /// [`concurrency_cap`] is skipped once the runbook's jobs in `ACTIVE`
+    /// more than `4 n` of them. A job whose runbook's settings have a cap
+    /// (by `cap`) is skipped once the runbook's jobs in `ACTIVE`
     /// statuses (counting those leased by this call) reach the cap. Each
     /// leased job gets `worker`, `lease_until` and (if unset) `start_time`
     /// `now`, and moves to `Activating`: all of which `lease_job` does.
@@ -63,6 +56,7 @@ pub(crate) trait AutomationEngine: Engine {
         n: i64,
         lease_until: i64,
         now: i64,
+        cap: CapRule,
     ) -> impl Future<Output = Result<Vec<JobRecord>>> + Send;
 }
 
@@ -730,11 +724,12 @@ macro_rules! automation_store {
                     n: i64,
                     lease_until: i64,
                     now: i64,
+                    cap: CapRule,
                 ) -> Result<Vec<JobRecord>> {
                     if n <= 0 {
                         return Ok(Vec::new());
                     }
-                    self.claim_queued(group.to_owned(), worker.to_owned(), n, lease_until, now)
+                    self.claim_queued(group.to_owned(), worker.to_owned(), n, lease_until, now, cap)
                         .await
                 }
 

@@ -9,8 +9,8 @@
 
 use super::PgStorage;
 use crate::Result;
-use crate::automation::JobRecord;
-use crate::automation::store::{ACTIVE, AutomationEngine, concurrency_cap};
+use crate::automation::store::{ACTIVE, AutomationEngine};
+use crate::automation::{CapRule, JobRecord};
 use crate::engine::{BoxFuture, Engine};
 use automation_store::lease_job;
 use std::collections::{BTreeSet, HashMap};
@@ -25,6 +25,7 @@ impl AutomationEngine for PgStorage {
         n: i64,
         lease_until: i64,
         now: i64,
+        cap: CapRule,
     ) -> Result<Vec<JobRecord>> {
         self.write(move |tx| -> BoxFuture<'_, Result<_>> {
             Box::pin(async move {
@@ -64,7 +65,7 @@ impl AutomationEngine for PgStorage {
                         .await?;
                 let capped: Vec<String> = settings
                     .into_iter()
-                    .filter(|(_, s)| concurrency_cap(Some(s)).is_some())
+                    .filter(|(_, s)| cap(s).is_some())
                     .map(|(id, _)| id)
                     .collect();
                 let mut caps: HashMap<String, i64> = HashMap::new();
@@ -79,8 +80,8 @@ impl AutomationEngine for PgStorage {
                     .await?;
                     for (id, s) in locked {
                         // Settings as of now (re-read under the lock).
-                        if let Some(cap) = concurrency_cap(Some(&s)) {
-                            caps.insert(id, cap);
+                        if let Some(max) = cap(&s) {
+                            caps.insert(id, max);
                         }
                     }
                     // A new statement, so (READ COMMITTED) it sees every

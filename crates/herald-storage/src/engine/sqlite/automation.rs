@@ -4,8 +4,8 @@
 
 use super::SqliteStorage;
 use crate::Result;
-use crate::automation::JobRecord;
-use crate::automation::store::{ACTIVE, AutomationEngine, concurrency_cap};
+use crate::automation::store::{ACTIVE, AutomationEngine};
+use crate::automation::{CapRule, JobRecord};
 use crate::engine::{BoxFuture, Engine};
 use automation_store::lease_job;
 use std::collections::HashMap;
@@ -20,6 +20,7 @@ impl AutomationEngine for SqliteStorage {
         n: i64,
         lease_until: i64,
         now: i64,
+        cap: CapRule,
     ) -> Result<Vec<JobRecord>> {
         self.write(move |tx| -> BoxFuture<'_, Result<_>> {
             Box::pin(async move {
@@ -40,7 +41,7 @@ impl AutomationEngine for SqliteStorage {
                     if claimed.len() as i64 >= n {
                         break;
                     }
-                    if let Some(cap) = concurrency_cap(settings.as_deref()) {
+                    if let Some(cap) = settings.as_deref().and_then(|s| cap(s)) {
                         let running = match active.get(&runbook_id) {
                             Some(n) => *n,
                             None => {
