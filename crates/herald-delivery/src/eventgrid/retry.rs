@@ -1,6 +1,7 @@
 //! Event Grid's retry rules (spec §8): the schedule, per-status minimums,
 //! which statuses are never retried, and the outcome names.
 
+use crate::engine::http::FailureKind;
 use std::time::Duration;
 
 /// Wait after the n-th failed attempt (1-based); 12 h after the ninth.
@@ -43,6 +44,18 @@ pub fn outcome_for_status(status: u16) -> &'static str {
         413 => "PayloadTooLarge",
         429 | 503 => "Busy",
         _ => "Aborted",
+    }
+}
+
+/// `lastDeliveryOutcome` for a request that got no response.
+pub fn outcome_for_failure(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::TimedOut => "TimedOut",
+        FailureKind::ResolutionError => "ResolutionError",
+        FailureKind::SocketError => "SocketError",
+        // Event Grid has no name for a refused target; Forbidden is the closest.
+        FailureKind::Blocked => "Forbidden",
+        FailureKind::Other => "Aborted",
     }
 }
 
