@@ -8,6 +8,7 @@ use std::time::Duration;
 const SCHEDULE_SECS: [u64; 9] = [10, 30, 60, 300, 600, 1800, 3600, 10_800, 21_600];
 const LATER_SECS: u64 = 43_200;
 
+/// The wait after the `failed_attempt`-th failed attempt (1-based).
 pub fn schedule(failed_attempt: i64) -> Duration {
     let i = usize::try_from(failed_attempt.max(1) - 1).unwrap_or(usize::MAX);
     Duration::from_secs(SCHEDULE_SECS.get(i).copied().unwrap_or(LATER_SECS))
@@ -29,6 +30,7 @@ pub fn is_final(status: u16) -> bool {
     matches!(status, 400 | 401 | 403 | 410 | 413)
 }
 
+/// The statuses Event Grid counts as delivered.
 pub fn is_success(status: u16) -> bool {
     (200..=204).contains(&status)
 }

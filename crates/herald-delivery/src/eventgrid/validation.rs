@@ -17,6 +17,8 @@ use std::time::Duration;
 pub const MANUAL_WINDOW_SECS: i64 = 600;
 const ATTEMPTS: u32 = 3;
 
+/// How a manual validation token is stored: only its hash, so the
+/// database never holds a usable link.
 pub fn token_hash(token: &str) -> String {
     hex_encode(&Sha256::digest(token.as_bytes()))
 }

@@ -80,18 +80,28 @@ impl Default for ClientConfig {
 /// Why a target URL cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
+    /// Not a URL at all.
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
+    /// Neither http nor https.
     #[error("unsupported URL scheme {0:?}: only http and https are allowed")]
     UnsupportedScheme(String),
+    /// Credentials in the URL would end up in logs and the delivery log.
     #[error("the URL must not contain user info (user:password@)")]
     UserInfo,
+    /// Nothing to connect to.
     #[error("the URL has no host")]
     MissingHost,
+    /// A literal address the SSRF guard refuses, and the range it is in.
     #[error(
         "address {addr} is not allowed as a delivery target ({reason}); add it to the allowed CIDRs to permit it"
     )]
-    Blocked { addr: IpAddr, reason: &'static str },
+    Blocked {
+        /// The refused address.
+        addr: IpAddr,
+        /// The special-purpose range it belongs to.
+        reason: &'static str,
+    },
 }
 
 impl TargetError {
@@ -140,9 +150,11 @@ impl fmt::Display for FailureKind {
 /// An HTTP response, whatever its status (3xx included).
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The HTTP status code.
     pub status: u16,
     /// `Retry-After` as delta-seconds or HTTP-date, relative to now.
     pub retry_after: Option<Duration>,
+    /// The response headers (handshakes read their consent from them).
     pub headers: HeaderMap,
     /// At most `max_response_bytes` of the body.
     pub body: Bytes,
@@ -153,10 +165,15 @@ pub struct Response {
 /// Result of one request.
 #[derive(Debug, Clone)]
 pub enum Outcome {
+    /// The receiver answered, whatever the status.
     Response(Response),
+    /// No response.
     Failed {
+        /// Why there was no response.
         kind: FailureKind,
+        /// The error and its causes, without the URL (it may hold a secret).
         message: String,
+        /// How long the attempt took.
         latency: Duration,
     },
 }
@@ -184,6 +201,7 @@ impl fmt::Debug for DeliveryClient {
 }
 
 impl DeliveryClient {
+    /// Builds the guarded client (and the internal one, if configured).
     pub fn new(cfg: ClientConfig) -> anyhow::Result<Self> {
         let guard = Arc::new(Guard::new(cfg.allowed_cidrs));
         let mut builder = reqwest::Client::builder()
