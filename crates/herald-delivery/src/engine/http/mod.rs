@@ -5,7 +5,6 @@
 //! so a name that later rebinds to an internal address still cannot be
 //! reached. Redirects are never followed and response bodies are bounded.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -19,12 +18,15 @@ use chrono::Utc;
 use ipnet::IpNet;
 use reqwest::Url;
 
+mod failure;
 mod guard;
 mod retry_after;
 #[cfg(test)]
 mod tests;
 
-use guard::{Guard, GuardedResolver, ResolveError};
+pub use failure::FailureKind;
+use failure::{classify, error_message};
+use guard::{Guard, GuardedResolver};
 pub use retry_after::parse_retry_after;
 
 /// Settings of the delivery client.
@@ -110,40 +112,6 @@ impl TargetError {
             Self::Blocked { .. } => FailureKind::Blocked,
             _ => FailureKind::Other,
         }
-    }
-}
-
-/// Why a request produced no HTTP response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FailureKind {
-    /// No complete response head within the timeout.
-    TimedOut,
-    /// The host name could not be resolved.
-    ResolutionError,
-    /// Connect, TLS or connection-level I/O failure.
-    SocketError,
-    /// The SSRF guard refused the target address.
-    Blocked,
-    /// Anything else (bad URL, invalid header, protocol error).
-    Other,
-}
-
-impl FailureKind {
-    /// Name as used for `lastDeliveryOutcome` where Event Grid has one.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TimedOut => "TimedOut",
-            Self::ResolutionError => "ResolutionError",
-            Self::SocketError => "SocketError",
-            Self::Blocked => "Blocked",
-            Self::Other => "Other",
-        }
-    }
-}
-
-impl fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -416,52 +384,4 @@ async fn read_bounded(response: &mut reqwest::Response, limit: usize) -> Bytes {
         }
     }
     buf.freeze()
-}
-
-/// reqwest error → failure kind, looking through the source chain for the
-/// resolver's own error and for connection-level I/O errors.
-fn classify(err: &reqwest::Error) -> FailureKind {
-    let mut io_failure = false;
-    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = source {
-        let mut found = e.downcast_ref::<ResolveError>();
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            // io::Error::source skips its payload, so look at it directly.
-            found = found.or_else(|| io.get_ref().and_then(|i| i.downcast_ref::<ResolveError>()));
-            io_failure = true;
-        }
-        if let Some(resolve) = found {
-            return match resolve {
-                ResolveError::Blocked { .. } => FailureKind::Blocked,
-                ResolveError::Lookup { .. } | ResolveError::NoAddresses { .. } => {
-                    FailureKind::ResolutionError
-                }
-            };
-        }
-        source = e.source();
-    }
-    if err.is_timeout() {
-        FailureKind::TimedOut
-    } else if err.is_connect() || io_failure {
-        FailureKind::SocketError
-    } else {
-        FailureKind::Other
-    }
-}
-
-/// The error and its causes, without the URL (its query string may hold a
-/// receiver's secret, and this text ends up in the delivery log).
-fn error_message(err: reqwest::Error) -> String {
-    let err = err.without_url();
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = e.source();
-    }
-    message
 }
