@@ -2,24 +2,38 @@
 //! validation handshakes, deliveries with retries and probation,
 //! dead-lettering, Standard Webhooks signatures, the delivery log and the
 //! opt-in SubscriptionDeletion event.
+//!
+//! The crate is a protocol-neutral push engine (`engine`: the guarded HTTP
+//! client, the supervisor, the window-and-commit loop, retry rows,
+//! probation and the delivery log) driven by a feed of events (the router,
+//! `router_feed`) and a push protocol (Event Grid, `eventgrid`). Another
+//! protocol, such as Microsoft Graph change notifications, plugs in by
+//! implementing the engine's `PushProtocol` trait, and another source of
+//! events by implementing its `Feed` trait; [`Delivery`] wires Event Grid
+//! over the router.
 
-pub mod deadletter;
-mod deletion;
+#![warn(unreachable_pub)]
+
 mod engine;
-pub mod http;
-pub mod retry;
+mod eventgrid;
+mod router_feed;
 pub mod signing;
-pub mod validation;
-
-use herald_router::{DeletedSubscription, RouterService};
-use herald_storage::Storage;
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 pub use engine::Health;
+pub use engine::http;
+pub use eventgrid::{deadletter, retry, validation};
 
+use engine::{Engine, EngineSettings, PushProtocol};
+use eventgrid::EventGrid;
+use herald_router::{DeletedSubscription, RouterResult, RouterService, Subscription, TopicInfo};
+use herald_storage::Storage;
+use router_feed::RouterFeed;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How push delivery behaves; see each field.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
     /// Base URL of this Herald for validation links, e.g. `https://localhost:8443`.
@@ -57,24 +71,17 @@ impl Default for DeliverySettings {
 }
 
 /// The delivery service: handshakes, the dispatcher and its health view.
+/// Cheap to clone; clones share the engine.
 #[derive(Clone)]
 pub struct Delivery {
-    pub(crate) router: RouterService,
-    pub(crate) storage: Arc<dyn Storage>,
-    pub(crate) client: http::DeliveryClient,
-    pub(crate) settings: Arc<DeliverySettings>,
-    pub(crate) health: Arc<Mutex<HashMap<String, Health>>>,
-    pub(crate) dead_letters: Option<Arc<deadletter::DeadLetterStore>>,
-    pub(crate) resolver: Option<Arc<dyn SecretResolver>>,
-    /// Wakes the supervisor when a subscription changes on this node, so
-    /// delivery starts at once rather than at the next poll.
-    pub(crate) changed: Arc<tokio::sync::Notify>,
-    /// Subscribed at construction, so no deletion before `run` is missed.
-    pub(crate) deletions: Arc<Mutex<Option<tokio::sync::broadcast::Receiver<DeletedSubscription>>>>,
+    engine: Engine<RouterFeed, EventGrid>,
+    /// The engine's protocol, for the handshakes the API runs.
+    eventgrid: Arc<EventGrid>,
 }
 
 /// Resolves vault references in secret delivery headers at send time.
 pub trait SecretResolver: Send + Sync {
+    /// The current value of secret `name` in `vault`.
     fn resolve<'a>(
         &'a self,
         vault: &'a str,
@@ -83,58 +90,85 @@ pub trait SecretResolver: Send + Sync {
 }
 
 impl Delivery {
+    /// Event Grid push delivery over the router's subscriptions, sending
+    /// through `client`. Fails if the dead-letter store cannot be opened.
     pub fn new(
         router: RouterService,
         storage: Arc<dyn Storage>,
         client: http::DeliveryClient,
         settings: DeliverySettings,
     ) -> anyhow::Result<Self> {
-        let dead_letters = match (&settings.dead_letter_url, &settings.dead_letter_root) {
-            (Some(url), _) => Some(Arc::new(deadletter::DeadLetterStore::s3(url)?)),
-            (None, Some(root)) => Some(Arc::new(deadletter::DeadLetterStore::local(root)?)),
-            (None, None) => None,
+        let engine_settings = EngineSettings {
+            retry_scale: settings.retry_scale,
+            attempt_retention: settings.attempt_retention,
+            max_in_flight: settings.max_in_flight,
         };
-        Ok(Self {
-            deletions: Arc::new(Mutex::new(Some(router.deletions()))),
+        let eventgrid = Arc::new(EventGrid::new(
+            router.clone(),
+            storage.clone(),
+            client.clone(),
+            Arc::new(settings),
+        )?);
+        let feed = Arc::new(RouterFeed::new(
             router,
-            storage,
-            client,
-            settings: Arc::new(settings),
-            health: Arc::default(),
-            dead_letters,
-            resolver: None,
-            changed: Arc::default(),
-        })
+            storage.clone(),
+            eventgrid::DESTINATION,
+        ));
+        let engine = Engine::new(feed, eventgrid.clone(), storage, client, engine_settings);
+        Ok(Self { engine, eventgrid })
     }
 
-    pub fn with_secret_resolver(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
-        self.resolver = Some(resolver);
+    /// Resolves secret delivery headers through `resolver` (the vault).
+    pub fn with_secret_resolver(self, resolver: Arc<dyn SecretResolver>) -> Self {
+        self.eventgrid.set_resolver(resolver);
         self
-    }
-
-    pub(crate) fn scaled(&self, d: Duration) -> Duration {
-        d.mul_f64(self.settings.retry_scale.max(0.0))
-    }
-
-    pub(crate) fn is_internal(&self, url: &str) -> bool {
-        self.settings
-            .internal_prefixes
-            .iter()
-            .any(|p| url.starts_with(p.as_str()))
     }
 
     /// Probation and failure streak of a subscription's endpoint, if any.
     pub fn health(&self, subscription_id: &str) -> Option<Health> {
-        self.health.lock().ok()?.get(subscription_id).cloned()
+        self.engine.health(subscription_id)
     }
-}
 
-/// Event Grid sends the subscription name upper-cased (observed behaviour).
-pub(crate) fn upper_name(name: &str) -> String {
-    name.to_ascii_uppercase()
-}
+    /// Runs the handshake for a webhook subscription and records the result:
+    /// `Succeeded`, `AwaitingManualAction` or `Failed` with a reason.
+    pub async fn validate(&self, topic: &TopicInfo, sub: &mut Subscription) -> RouterResult<()> {
+        let result = self.eventgrid.handshake((topic, sub)).await;
+        self.engine.notify_changed();
+        result
+    }
 
-impl Delivery {
+    /// Completes a manual validation (GET or POST on the validationUrl);
+    /// `true` if the link was valid and the subscription is now validated.
+    pub async fn complete_manual_validation(&self, name: &str, token: &str) -> RouterResult<bool> {
+        let done = self
+            .eventgrid
+            .complete_manual_validation(name, token)
+            .await?;
+        if done {
+            // Start delivering now, not at the dispatcher's next tick.
+            self.engine.notify_changed();
+        }
+        Ok(done)
+    }
+
+    /// Marks subscriptions whose manual validation window closed as Failed.
+    pub async fn expire_manual_validations(&self) -> RouterResult<()> {
+        self.eventgrid.expire_manual_validations().await
+    }
+
+    /// Sends one SubscriptionDeletion event through the guarded client;
+    /// returns the endpoint's status, if it answered.
+    pub async fn send_deletion_event(&self, d: &DeletedSubscription) -> Option<u16> {
+        self.eventgrid.send_deletion_event(d).await
+    }
+
+    /// Supervises delivery until `shutdown`: one worker per validated
+    /// webhook subscription this node holds the lock of, plus the deletion
+    /// events the router announces.
+    pub async fn run(self, shutdown: CancellationToken) {
+        self.engine.run(shutdown).await
+    }
+
     /// Push delivery runs on every node: each node's supervisor takes the
     /// subscriptions whose singleton it wins, so nodes share the work.
     pub fn duties(&self) -> Vec<herald_core::duty::Duty> {

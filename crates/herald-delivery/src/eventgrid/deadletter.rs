@@ -52,6 +52,7 @@ impl DeadLetterStore {
         Ok(Self::from_store(store))
     }
 
+    /// A store over any `object_store` backend.
     pub fn from_store(store: Arc<dyn ObjectStore>) -> Self {
         Self { store }
     }
@@ -162,11 +163,17 @@ fn check_segment(what: &str, value: &str) -> anyhow::Result<()> {
 /// Dead-letter facts recorded on each event.
 #[derive(Debug, Clone, Copy)]
 pub struct DeadLetterInfo<'a> {
+    /// Why the event was dead-lettered, e.g. `MaxDeliveryAttemptsExceeded`.
     pub reason: &'a str,
+    /// Attempts made before giving up.
     pub delivery_attempts: i64,
+    /// The last attempt's outcome name, if there was an attempt.
     pub last_delivery_outcome: Option<&'a str>,
+    /// The last attempt's HTTP status, if the receiver answered.
     pub last_http_status: Option<u16>,
+    /// When the event was published to Herald.
     pub publish_time: DateTime<Utc>,
+    /// When the last attempt was made.
     pub last_attempt_time: Option<DateTime<Utc>>,
 }
 

@@ -1,7 +1,7 @@
 //! Proof of endpoint ownership before any event is delivered (spec §7, §3.5).
 
-use crate::http::Outcome;
-use crate::{Delivery, upper_name};
+use super::{EventGrid, upper_name};
+use crate::engine::http::Outcome;
 use bytes::Bytes;
 use chrono::Utc;
 use herald_core::event::event_time;
@@ -17,6 +17,8 @@ use std::time::Duration;
 pub const MANUAL_WINDOW_SECS: i64 = 600;
 const ATTEMPTS: u32 = 3;
 
+/// How a manual validation token is stored: only its hash, so the
+/// database never holds a usable link.
 pub fn token_hash(token: &str) -> String {
     hex_encode(&Sha256::digest(token.as_bytes()))
 }
@@ -31,16 +33,14 @@ enum Verdict {
     Failed(String),
 }
 
-impl Delivery {
+impl EventGrid {
     /// Runs the handshake for a webhook subscription and records the result:
     /// `Succeeded`, `AwaitingManualAction` or `Failed` with a reason.
-    pub async fn validate(&self, topic: &TopicInfo, sub: &mut Subscription) -> RouterResult<()> {
-        let result = self.validate_inner(topic, sub).await;
-        self.changed.notify_one();
-        result
-    }
-
-    async fn validate_inner(&self, topic: &TopicInfo, sub: &mut Subscription) -> RouterResult<()> {
+    pub(crate) async fn validate(
+        &self,
+        topic: &TopicInfo,
+        sub: &mut Subscription,
+    ) -> RouterResult<()> {
         let Some(Destination::WebHook(hook)) = sub.properties.destination.clone() else {
             return Ok(());
         };
@@ -223,8 +223,13 @@ impl Delivery {
         Verdict::Failed(last)
     }
 
-    /// Completes a manual validation (GET or POST on the validationUrl).
-    pub async fn complete_manual_validation(&self, name: &str, token: &str) -> RouterResult<bool> {
+    /// Completes a manual validation (GET or POST on the validationUrl);
+    /// `true` if the subscription is now validated.
+    pub(crate) async fn complete_manual_validation(
+        &self,
+        name: &str,
+        token: &str,
+    ) -> RouterResult<bool> {
         let Some(pending) = self.storage.take_validation(&token_hash(token)).await? else {
             return Ok(false);
         };
@@ -251,13 +256,11 @@ impl Delivery {
         self.router
             .set_subscription_state(&mut sub, "Succeeded", None)
             .await?;
-        // Start delivering now, not at the dispatcher's next tick.
-        self.changed.notify_one();
         Ok(true)
     }
 
     /// Marks subscriptions whose manual validation window closed as Failed.
-    pub async fn expire_manual_validations(&self) -> RouterResult<()> {
+    pub(crate) async fn expire_manual_validations(&self) -> RouterResult<()> {
         for pending in self
             .storage
             .expired_validations(Utc::now().timestamp())

@@ -2,9 +2,10 @@
 //! effort and without retries, when a validated webhook subscription that
 //! asked for it (`sendDeletionEvent`) is deleted or expires.
 
-use crate::http::Outcome;
-use crate::validation::base_url;
-use crate::{Delivery, retry, signing, upper_name};
+use super::validation::base_url;
+use super::{EventGrid, retry, upper_name};
+use crate::engine::http::Outcome;
+use crate::signing;
 use bytes::Bytes;
 use chrono::Utc;
 use herald_core::event::event_time;
@@ -12,13 +13,14 @@ use herald_router::DeletedSubscription;
 use herald_router::subscription::Destination;
 use http::Method;
 use serde_json::json;
+use std::sync::Arc;
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
-impl Delivery {
+impl EventGrid {
     /// Sends a deletion event for each deletion the router announces.
-    pub(crate) async fn run_deletion_events(
-        self,
+    pub(super) async fn run_deletion_events(
+        self: Arc<Self>,
         mut deletions: Receiver<DeletedSubscription>,
         shutdown: CancellationToken,
     ) {
@@ -48,7 +50,7 @@ impl Delivery {
 
     /// Sends one SubscriptionDeletion event through the guarded client;
     /// returns the endpoint's status, if it answered.
-    pub async fn send_deletion_event(&self, d: &DeletedSubscription) -> Option<u16> {
+    pub(crate) async fn send_deletion_event(&self, d: &DeletedSubscription) -> Option<u16> {
         let sub = &d.subscription;
         let Some(Destination::WebHook(hook)) = &sub.properties.destination else {
             return None;

@@ -1,12 +1,14 @@
 //! Event Grid's retry rules (spec §8): the schedule, per-status minimums,
 //! which statuses are never retried, and the outcome names.
 
+use crate::engine::http::FailureKind;
 use std::time::Duration;
 
 /// Wait after the n-th failed attempt (1-based); 12 h after the ninth.
 const SCHEDULE_SECS: [u64; 9] = [10, 30, 60, 300, 600, 1800, 3600, 10_800, 21_600];
 const LATER_SECS: u64 = 43_200;
 
+/// The wait after the `failed_attempt`-th failed attempt (1-based).
 pub fn schedule(failed_attempt: i64) -> Duration {
     let i = usize::try_from(failed_attempt.max(1) - 1).unwrap_or(usize::MAX);
     Duration::from_secs(SCHEDULE_SECS.get(i).copied().unwrap_or(LATER_SECS))
@@ -28,6 +30,7 @@ pub fn is_final(status: u16) -> bool {
     matches!(status, 400 | 401 | 403 | 410 | 413)
 }
 
+/// The statuses Event Grid counts as delivered.
 pub fn is_success(status: u16) -> bool {
     (200..=204).contains(&status)
 }
@@ -43,6 +46,18 @@ pub fn outcome_for_status(status: u16) -> &'static str {
         413 => "PayloadTooLarge",
         429 | 503 => "Busy",
         _ => "Aborted",
+    }
+}
+
+/// `lastDeliveryOutcome` for a request that got no response.
+pub fn outcome_for_failure(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::TimedOut => "TimedOut",
+        FailureKind::ResolutionError => "ResolutionError",
+        FailureKind::SocketError => "SocketError",
+        // Event Grid has no name for a refused target; Forbidden is the closest.
+        FailureKind::Blocked => "Forbidden",
+        FailureKind::Other => "Aborted",
     }
 }
 
