@@ -1,7 +1,7 @@
 //! `herald vault ...`
 
 use crate::client::{Client, Conn};
-use crate::output;
+use crate::output::{self, Columns};
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -43,29 +43,20 @@ pub enum VaultCmd {
 }
 
 fn print_vaults(conn: &Conn, v: &Value, list: &[Value]) {
-    if conn.json {
-        output::json(v);
-        return;
-    }
-    output::table(
-        &[
-            "NAME",
-            "URI",
-            "RETENTION (DAYS)",
-            "PURGE PROTECTION",
-            "RECOVERY LEVEL",
-        ],
-        list.iter()
-            .map(|v| {
-                vec![
-                    output::s(&v["name"]),
-                    output::s(&v["vaultUri"]),
-                    output::s(&v["softDeleteRetentionInDays"]),
-                    output::s(&v["enablePurgeProtection"]),
-                    output::s(&v["recoveryLevel"]),
-                ]
+    output::print(
+        conn.json,
+        v,
+        list,
+        Columns::new()
+            .col("NAME", |v: &Value| output::s(&v["name"]))
+            .col("URI", |v| output::s(&v["vaultUri"]))
+            .col("RETENTION (DAYS)", |v| {
+                output::s(&v["softDeleteRetentionInDays"])
             })
-            .collect(),
+            .col("PURGE PROTECTION", |v| {
+                output::s(&v["enablePurgeProtection"])
+            })
+            .col("RECOVERY LEVEL", |v| output::s(&v["recoveryLevel"])),
     );
 }
 
