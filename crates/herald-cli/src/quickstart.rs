@@ -3,6 +3,7 @@
 //! webhook subscription → an Automation runbook job that rotates the secret.
 //! Then it prints the trail a user would check in the portal.
 
+use crate::output::Columns;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -477,22 +478,18 @@ async fn trail(api: &Api, first_id: &str, rotated: &Value) -> anyhow::Result<()>
         )
         .await?;
     println!("\n  Delivery attempts:");
-    let rows: Vec<Vec<String>> = attempts["value"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|a| {
-            vec![
-                time_of(&a["time"]),
-                crate::output::s(&a["eventId"]),
-                crate::output::s(&a["attempt"]),
-                crate::output::s(&a["status"]),
-                format!("{} ms", crate::output::s(&a["latencyMs"])),
-            ]
-        })
-        .collect();
-    crate::output::table(&["TIME", "EVENT", "ATTEMPT", "STATUS", "LATENCY"], rows);
+    let rows = attempts["value"].as_array().cloned().unwrap_or_default();
+    crate::output::print_table(
+        &rows,
+        Columns::new()
+            .col("TIME", |a: &Value| time_of(&a["time"]))
+            .col("EVENT", |a| crate::output::s(&a["eventId"]))
+            .col("ATTEMPT", |a| crate::output::s(&a["attempt"]))
+            .col("STATUS", |a| crate::output::s(&a["status"]))
+            .col("LATENCY", |a| {
+                format!("{} ms", crate::output::s(&a["latencyMs"]))
+            }),
+    );
 
     let hook = api
         .call(
@@ -507,22 +504,20 @@ async fn trail(api: &Api, first_id: &str, rotated: &Value) -> anyhow::Result<()>
     );
 
     println!("\n  Jobs:");
-    let rows = jobs
-        .iter()
-        .map(|j| {
-            vec![
-                crate::output::s(&j["name"]),
+    crate::output::print_table(
+        &jobs,
+        Columns::new()
+            .col("JOB", |j: &Value| crate::output::s(&j["name"]))
+            .col("EVENT", |j| {
                 event_types_of(j)
                     .first()
                     .map(|t| t.trim_start_matches("Microsoft.KeyVault.").to_owned())
-                    .unwrap_or_default(),
-                crate::output::s(&j["properties"]["status"]),
-                crate::output::s(&j["properties"]["sandbox"]),
-                time_of(&j["properties"]["endTime"]),
-            ]
-        })
-        .collect();
-    crate::output::table(&["JOB", "EVENT", "STATUS", "SANDBOX", "ENDED"], rows);
+                    .unwrap_or_default()
+            })
+            .col("STATUS", |j| crate::output::s(&j["properties"]["status"]))
+            .col("SANDBOX", |j| crate::output::s(&j["properties"]["sandbox"]))
+            .col("ENDED", |j| time_of(&j["properties"]["endTime"])),
+    );
 
     let near = jobs
         .iter()
