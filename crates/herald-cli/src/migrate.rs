@@ -47,9 +47,9 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let rows = copied
         .iter()
         .filter(|t| t.rows > 0)
-        .map(|t| vec![t.table.clone(), t.rows.to_string()])
-        .collect();
-    crate::output::table(&["TABLE", "ROWS"], rows);
+        .map(|t| (t.table.clone(), t.rows.to_string()))
+        .collect::<Vec<_>>();
+    crate::output::print_table(&rows, crate::output::pairs(["TABLE", "ROWS"]));
     println!(
         "Copied {total} rows in {} tables from {} to PostgreSQL.",
         copied.len(),
