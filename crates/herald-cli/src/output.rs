@@ -77,17 +77,6 @@ pub(crate) fn print_table<R>(rows: &[R], columns: Columns<'_, R>) {
     println!("{}", columns.render(rows));
 }
 
-/// The old form of [`print_table`]: headers and pre-built rows.
-pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(headers.to_vec());
-    for r in rows {
-        t.add_row(r);
-    }
-    println!("{t}");
-}
-
 /// Pretty JSON.
 pub(crate) fn json(v: &impl Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
