@@ -9,9 +9,12 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use serde_json::Value;
 
+/// How a column gets its cell from a row.
+type Cell<'a, R> = Box<dyn Fn(&R) -> String + 'a>;
+
 /// A table's columns: each a header and how to get its cell from a row.
 pub(crate) struct Columns<'a, R> {
-    cols: Vec<(&'a str, Box<dyn Fn(&R) -> String + 'a>)>,
+    cols: Vec<(&'a str, Cell<'a, R>)>,
 }
 
 impl<'a, R> Columns<'a, R> {
