@@ -14,7 +14,7 @@ use std::time::Duration;
 const BASE: &str = "/api/v1/automation";
 
 #[derive(Subcommand)]
-pub enum RunbookCmd {
+pub(crate) enum RunbookCmd {
     /// Create a runbook from a script file (the draft); --publish freezes it
     Create {
         name: String,
@@ -101,7 +101,7 @@ pub enum RunbookCmd {
 }
 
 #[derive(Subcommand)]
-pub enum WebhookCmd {
+pub(crate) enum WebhookCmd {
     /// Create a webhook; its URL is printed once and cannot be shown again
     Create {
         name: String,
@@ -158,7 +158,7 @@ pub enum WebhookCmd {
 }
 
 #[derive(Subcommand)]
-pub enum JobCmd {
+pub(crate) enum JobCmd {
     /// Inside a runbook job: print its input, or one field of it by dotted path.
     /// String fields that hold JSON (WebhookData.RequestBody) are parsed on the
     /// way, e.g. `herald job input WebhookData.RequestBody.0.eventType`
@@ -219,7 +219,7 @@ pub enum JobCmd {
 }
 
 #[derive(Subcommand)]
-pub enum AssetCmd {
+pub(crate) enum AssetCmd {
     /// Inside a runbook job: print an asset's value (credentials as JSON)
     Get {
         name: String,
@@ -346,7 +346,7 @@ fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-pub async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
     match cmd {
         RunbookCmd::Create {
             name,
@@ -556,7 +556,7 @@ pub async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run_webhook(cmd: WebhookCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_webhook(cmd: WebhookCmd) -> anyhow::Result<()> {
     match cmd {
         WebhookCmd::Create {
             name,
@@ -719,7 +719,7 @@ fn duration(start: &Value, end: &Value) -> String {
 }
 
 /// Walks a dotted path through JSON, parsing JSON-in-string values on the way.
-pub fn json_path(root: &Value, path: &str) -> Option<Value> {
+pub(crate) fn json_path(root: &Value, path: &str) -> Option<Value> {
     let mut cur = root.clone();
     for part in path.split('.').filter(|p| !p.is_empty()) {
         if let Value::String(s) = &cur
@@ -743,7 +743,7 @@ pub fn json_path(root: &Value, path: &str) -> Option<Value> {
     Some(cur)
 }
 
-pub async fn run_job(cmd: JobCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_job(cmd: JobCmd) -> anyhow::Result<()> {
     match cmd {
         JobCmd::Input { path } => {
             let file = std::env::var("HERALD_JOB_INPUT").context(
@@ -1010,7 +1010,7 @@ async fn follow_job(c: &Client, id: &str, json_out: bool) -> anyhow::Result<()> 
     }
 }
 
-pub async fn run_asset(cmd: AssetCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_asset(cmd: AssetCmd) -> anyhow::Result<()> {
     match cmd {
         AssetCmd::Get { name, field, conn } => {
             let c = Client::new(&conn)?;

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 #[derive(Subcommand)]
-pub enum EventsCmd {
+pub(crate) enum EventsCmd {
     /// Receive (and lock) events from a Queue subscription
     Receive {
         topic: String,
@@ -64,7 +64,7 @@ pub enum EventsCmd {
 
 /// `herald deadletter ...`
 #[derive(Subcommand)]
-pub enum DeadletterCmd {
+pub(crate) enum DeadletterCmd {
     /// List dead-lettered events of an event subscription
     List {
         topic: String,
@@ -90,7 +90,7 @@ pub enum DeadletterCmd {
     },
 }
 
-pub async fn run_deadletter(cmd: DeadletterCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_deadletter(cmd: DeadletterCmd) -> anyhow::Result<()> {
     match cmd {
         DeadletterCmd::List {
             topic,
@@ -197,7 +197,7 @@ async fn settle(
     Ok(())
 }
 
-pub async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
     match cmd {
         EventsCmd::Receive {
             topic,

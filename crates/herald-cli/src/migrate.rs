@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 #[derive(Args)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     /// Data directory of the embedded installation (stop its server first)
     #[arg(long)]
     from: PathBuf,
@@ -17,7 +17,7 @@ pub struct MigrateArgs {
     to: String,
 }
 
-pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     if !(args.to.starts_with("postgres://") || args.to.starts_with("postgresql://")) {
         bail!("--to must be a postgres:// URL");
     }

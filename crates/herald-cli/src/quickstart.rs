@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
-pub struct QuickstartArgs {
+pub(crate) struct QuickstartArgs {
     /// Data directory [default: a fresh one under the system temp dir]
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -35,7 +35,7 @@ const KV_TYPES: [&str; 2] = [
 
 /// The runbook users would write: read the event from WebhookData and, when
 /// the secret nears expiry, set a new version with the job's scoped token.
-pub const ROTATE_RUNBOOK: &str = r#"#!/usr/bin/env bash
+pub(crate) const ROTATE_RUNBOOK: &str = r#"#!/usr/bin/env bash
 # Rotate-Secret: rotates a Key Vault secret when Herald reports it nears expiry.
 # `herald job input` reads $HERALD_JOB_INPUT and parses WebhookData.RequestBody.
 set -euo pipefail
@@ -155,7 +155,7 @@ where
     }
 }
 
-pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_none() {
         crate::serve::init_logging_with("warn");
     } else {

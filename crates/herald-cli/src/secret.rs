@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use std::io::Read;
 
 #[derive(Args, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Vault holding the secret
     #[arg(long, env = "HERALD_VAULT", default_value = "default", global = true)]
     vault: String,
@@ -18,7 +18,7 @@ pub struct Target {
 }
 
 #[derive(Args, Clone, Default)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// Content type, e.g. text/plain
     #[arg(long)]
     content_type: Option<String>,
@@ -34,7 +34,7 @@ pub struct Meta {
 }
 
 #[derive(Subcommand)]
-pub enum SecretCmd {
+pub(crate) enum SecretCmd {
     /// Set a secret (creates a new version). VALUE "-" reads stdin.
     Set {
         name: String,
@@ -212,7 +212,7 @@ async fn list_all(vc: &crate::client::VaultClient, path: &str) -> anyhow::Result
     }
 }
 
-pub async fn run(cmd: SecretCmd) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: SecretCmd) -> anyhow::Result<()> {
     match cmd {
         SecretCmd::Set {
             name,

@@ -10,12 +10,12 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 #[derive(Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     #[command(flatten)]
     conn: Conn,
 }
 
-pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let c = Client::new(&args.conn)?;
     let s = c.api(Method::GET, "/api/v1/status", None).await?;
     if args.conn.json {
@@ -106,7 +106,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Args)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     /// Server address, e.g. https://herald.example:8443
     #[arg(long, env = "HERALD_ADDR", default_value = "https://127.0.0.1:8443")]
     addr: String,
@@ -118,7 +118,7 @@ pub struct LoginArgs {
     token_stdin: bool,
 }
 
-pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
+pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let token = match std::env::var("HERALD_TOKEN") {
         Ok(t) if !args.token_stdin => t,
         _ => {

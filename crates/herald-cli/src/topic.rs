@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use std::io::Read;
 
 #[derive(Subcommand)]
-pub enum TopicCmd {
+pub(crate) enum TopicCmd {
     /// Create a custom topic
     Create {
         name: String,
@@ -62,7 +62,7 @@ pub enum TopicCmd {
 }
 
 #[derive(Args, Clone)]
-pub struct SubscriptionSpec {
+pub(crate) struct SubscriptionSpec {
     /// Pull delivery (Queue)
     #[arg(long, conflicts_with = "endpoint")]
     queue: bool,
@@ -162,7 +162,7 @@ impl SubscriptionSpec {
 }
 
 #[derive(Subcommand)]
-pub enum SubscriptionCmd {
+pub(crate) enum SubscriptionCmd {
     /// Create (or replace) an event subscription on a topic
     Create {
         topic: String,
@@ -255,7 +255,7 @@ fn print_subscriptions(conn: &Conn, raw: &Value, list: &[Value]) {
     );
 }
 
-pub async fn run_topic(cmd: TopicCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_topic(cmd: TopicCmd) -> anyhow::Result<()> {
     match cmd {
         TopicCmd::Create {
             name,
@@ -386,7 +386,7 @@ fn failed_state(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
     let path = |t: &str, n: &str| format!("/api/v1/topics/{t}/eventSubscriptions/{n}");
     match cmd {
         SubscriptionCmd::Create {

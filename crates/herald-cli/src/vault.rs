@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 #[derive(Subcommand)]
-pub enum VaultCmd {
+pub(crate) enum VaultCmd {
     /// Create a vault, served at NAME.<vault base>
     Create {
         name: String,
@@ -60,7 +60,7 @@ fn print_vaults(conn: &Conn, v: &Value, list: &[Value]) {
     );
 }
 
-pub async fn run(cmd: VaultCmd) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: VaultCmd) -> anyhow::Result<()> {
     match cmd {
         VaultCmd::Create {
             name,
