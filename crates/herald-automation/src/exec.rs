@@ -49,15 +49,22 @@ const NPROC_LIMIT: u32 = 1024;
 /// The job stream a record belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StreamType {
+    /// The job's output: stdout lines, the result a caller reads.
     Output,
+    /// Errors: stderr lines.
     Error,
+    /// Warnings the runbook writes as records on fd 3.
     Warning,
+    /// Verbose messages the runbook writes as records on fd 3.
     Verbose,
+    /// Progress messages the runbook writes as records on fd 3.
     Progress,
+    /// Debug messages the runbook writes as records on fd 3.
     Debug,
 }
 
 impl StreamType {
+    /// Every stream, in Azure's order.
     pub const ALL: [StreamType; 6] = [
         StreamType::Output,
         StreamType::Error,
@@ -67,6 +74,7 @@ impl StreamType {
         StreamType::Debug,
     ];
 
+    /// The stream's name as Azure spells it (`Output`, `Error`, ...).
     pub fn as_str(&self) -> &'static str {
         match self {
             StreamType::Output => "Output",
@@ -107,8 +115,11 @@ impl std::fmt::Display for StreamType {
 /// One stream record of a job.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
+    /// The stream the record belongs to.
     pub stream: StreamType,
+    /// The record's text (secrets masked).
     pub text: String,
+    /// A structured value written with the record, if any.
     pub value: Option<Value>,
     /// Unix time in milliseconds.
     pub time_ms: i64,
@@ -118,7 +129,9 @@ pub struct Record {
 /// script, the input, env values and masks (they may hold secrets).
 #[derive(Clone)]
 pub struct JobSpec {
+    /// The job this spec runs.
     pub job_id: String,
+    /// The runbook's language, which picks the interpreter.
     pub kind: RunbookKind,
     /// Absolute interpreter path, from [`sandbox::find_interpreter`].
     pub interpreter: PathBuf,
@@ -203,17 +216,27 @@ impl std::fmt::Debug for JobSpec {
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// The process exited 0.
     Completed,
-    Failed { reason: String },
+    /// The process failed: non-zero exit, killed by a signal, or could not start.
+    Failed {
+        /// What went wrong, for the job's status details.
+        reason: String,
+    },
+    /// The job ran past its runbook's timeout and was killed.
     TimedOut,
+    /// The job was stopped on request.
     Stopped,
 }
 
+/// What running a job came to.
 #[derive(Debug, Clone)]
 pub struct ExecResult {
+    /// How the job ended.
     pub outcome: Outcome,
     /// The process's exit code (`None` when killed by a signal or never started).
     pub exit_code: Option<i32>,
+    /// The sandbox the job actually ran in.
     pub level: SandboxLevel,
     /// pid of the spawned process (the sandbox wrapper for levels above `none`).
     pub pid: Option<u32>,

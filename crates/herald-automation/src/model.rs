@@ -10,10 +10,13 @@ use std::collections::BTreeMap;
 pub const MAX_CONTENT: usize = 1024 * 1024;
 /// Azure's job parameter limits: 50 parameters, 512 KB in all.
 pub const MAX_PARAMS: usize = 50;
+/// Most bytes of job parameters in all.
 pub const MAX_PARAM_BYTES: usize = 512 * 1024;
 /// Webhook request body limit (Azure: 512 KB).
 pub const MAX_WEBHOOK_BODY: usize = 512 * 1024;
+/// A runbook's job timeout unless it sets one (one hour).
 pub const DEFAULT_TIMEOUT_SECS: u64 = 3600;
+/// Longest job timeout a runbook may set (seven days).
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 
 /// A rejected definition; the message says what to change.
@@ -42,13 +45,20 @@ pub fn parse_name(kind: &str, raw: &str) -> Result<String, Invalid> {
     }
 }
 
+/// The type a runbook parameter declares; values are checked (and coerced
+/// from webhook strings) against it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
+    /// A JSON string.
     String,
+    /// A whole number.
     Int,
+    /// `true` or `false`.
     Bool,
+    /// A JSON object.
     Object,
+    /// A JSON array.
     Array,
 }
 
@@ -79,12 +89,17 @@ impl ParamType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParamDecl {
+    /// The parameter name (matched case-insensitively).
     pub name: String,
+    /// The value type (`type` on the wire).
     #[serde(rename = "type")]
     pub ty: ParamType,
+    /// Whether a job cannot start without a value (unless there is a default).
     pub is_mandatory: bool,
+    /// The value used when a start or webhook gives none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_value: Option<Value>,
+    /// Whether the value is a secret: kept sealed and masked in the job's streams.
     #[serde(default)]
     pub secure: bool,
 }
@@ -169,13 +184,17 @@ pub fn parse_params(raw: &Value) -> Result<Vec<ParamDecl>, Invalid> {
 /// "actions": ["get", "set"]}`; `"*"` matches every vault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Permission {
+    /// The vault name, or `*` for every vault.
     pub vault: String,
+    /// Allowed actions from [`VAULT_ACTIONS`], or `*` for all.
     pub actions: Vec<String>,
 }
 
+/// The vault actions a permission can grant.
 pub const VAULT_ACTIONS: [&str; 5] = ["get", "list", "set", "delete", "manage"];
 
 impl Permission {
+    /// Whether this permission lets a job do `action` in `vault`.
     pub fn allows(&self, vault: &str, action: &str) -> bool {
         (self.vault == "*" || self.vault.eq_ignore_ascii_case(vault))
             && self.actions.iter().any(|a| a == action || a == "*")
@@ -187,14 +206,20 @@ impl Permission {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RunbookSettings {
+    /// Seconds a job may run before it is killed.
     pub timeout_seconds: u64,
+    /// Most jobs of this runbook running at once; unlimited when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_jobs: Option<i64>,
     /// Runbooks reach Herald's API and other hosts by default, as in Azure.
     pub allow_network: bool,
+    /// Memory limit of a job's process, in MiB.
     pub memory_limit_mb: u64,
+    /// Azure's `logVerbose` setting, kept and reported.
     pub log_verbose: bool,
+    /// Azure's `logProgress` setting, kept and reported.
     pub log_progress: bool,
+    /// What the runbook's jobs may do in vaults; nothing when empty.
     #[serde(default)]
     pub permissions: Vec<Permission>,
 }
@@ -277,6 +302,7 @@ impl RunbookSettings {
     }
 }
 
+/// Parses a runbook type (`bash`, `sh`, `python3`, `pwsh` or `node`).
 pub fn parse_kind(raw: &str) -> Result<RunbookKind, Invalid> {
     RunbookKind::parse(raw).ok_or_else(|| {
         Invalid(format!(
@@ -365,20 +391,32 @@ fn coerce(ty: ParamType, v: &Value) -> Option<Value> {
 /// Job statuses as Azure's API spells them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobStatus {
+    /// Queued, waiting for a worker.
     New,
+    /// Leased by a worker, starting up.
     Activating,
+    /// The job's process is running.
     Running,
+    /// The job's process exited 0.
     Completed,
+    /// The job failed (non-zero exit, timeout, or could not start).
     Failed,
+    /// A stop was requested; the worker is ending the process.
     Stopping,
+    /// The job was stopped on request.
     Stopped,
+    /// The job is being suspended.
     Suspending,
+    /// The job was put aside (e.g. it lost its worker too often); it can be resumed.
     Suspended,
+    /// A suspended job is being queued again.
     Resuming,
+    /// The job's worker stopped sending heartbeats.
     Disconnected,
 }
 
 impl JobStatus {
+    /// Parses a status name, case-insensitively (`Queued` means `New`).
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s.to_ascii_lowercase().as_str() {
             "new" | "queued" => Self::New,
@@ -396,6 +434,7 @@ impl JobStatus {
         })
     }
 
+    /// The status as Azure's API spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::New => "New",
@@ -424,17 +463,23 @@ impl JobStatus {
 /// What a job's process receives through `$HERALD_JOB_INPUT`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobInput {
+    /// The job's parameter values by name (secure ones included).
     pub parameters: BTreeMap<String, Value>,
+    /// The webhook request, when a webhook started the job (`WebhookData`).
     #[serde(rename = "WebhookData", skip_serializing_if = "Option::is_none")]
     pub webhook_data: Option<WebhookData>,
 }
 
+/// The request that triggered a webhook, as Azure hands it to runbooks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookData {
+    /// The webhook's name.
     #[serde(rename = "WebhookName")]
     pub webhook_name: String,
+    /// The request's headers.
     #[serde(rename = "RequestHeader")]
     pub request_header: BTreeMap<String, String>,
+    /// The request body, as text.
     #[serde(rename = "RequestBody")]
     pub request_body: String,
 }

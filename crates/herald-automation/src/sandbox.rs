@@ -47,6 +47,7 @@ impl SandboxLevel {
         SandboxLevel::None,
     ];
 
+    /// The level's name: `none`, `rlimits`, `unshare` or `bwrap`.
     pub fn as_str(&self) -> &'static str {
         match self {
             SandboxLevel::None => "none",
@@ -326,14 +327,20 @@ async fn run_probe(argv: Vec<OsString>) -> Result<(), String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunbookKind {
+    /// GNU bash.
     Bash,
+    /// POSIX sh.
     Sh,
+    /// Python 3.
     Python3,
+    /// PowerShell 7 (`pwsh`).
     Pwsh,
+    /// Node.js.
     Node,
 }
 
 impl RunbookKind {
+    /// Every runbook type.
     pub const ALL: [RunbookKind; 5] = [
         RunbookKind::Bash,
         RunbookKind::Sh,
@@ -355,6 +362,7 @@ impl RunbookKind {
         }
     }
 
+    /// The type's name, as in `runbookType`: `bash`, `sh`, `python3`, `pwsh` or `node`.
     pub fn as_str(&self) -> &'static str {
         match self {
             RunbookKind::Bash => "bash",

@@ -19,32 +19,42 @@ pub const STREAM_LIMIT: usize = 1024 * 1024;
 /// Where a worker gets jobs and reports to.
 #[async_trait]
 pub trait JobHost: Send + Sync + 'static {
+    /// Leases up to `n` queued jobs of the worker's group, waiting a while for
+    /// some to arrive; returns early (possibly empty) on `shutdown`.
     async fn lease(&self, n: i64, shutdown: &CancellationToken) -> anyhow::Result<Vec<LeasedJob>>;
+    /// Reports that the job's process started, in the `sandbox` level named.
     async fn started(&self, job_id: &str, sandbox: &str) -> anyhow::Result<()>;
     /// `Ok(None)`: the lease is lost. `Some("Stopping")`: stop the job.
     async fn heartbeat(&self, job_id: &str) -> anyhow::Result<Option<String>>;
+    /// Sends a batch of the job's stream records.
     async fn append(&self, job_id: &str, records: Vec<ReportedRecord>) -> anyhow::Result<()>;
+    /// Reports how the job ended, with its last records.
     async fn finish(&self, job_id: &str, report: JobReport) -> anyhow::Result<()>;
     /// Lets the host stop a job at once (in-process hosts).
     fn watch_stop(&self, _job_id: &str, _stop: &CancellationToken) {}
+    /// Drops what [`JobHost::watch_stop`] registered, once the job has ended.
     fn forget_stop(&self, _job_id: &str) {}
 }
 
+/// How a worker runs jobs: its id, slots, sandbox and job environment.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
+    /// The worker's id, reported with leases and heartbeats.
     pub worker_id: String,
+    /// Jobs run at once.
     pub slots: usize,
+    /// The sandbox every job runs in.
     pub level: SandboxLevel,
     /// Environment every job gets (server address, CA file).
     pub env: Vec<(String, String)>,
     /// Put first on PATH (the directory of the `herald` binary).
     pub path_dirs: Vec<PathBuf>,
+    /// Parent of each job's temp dir (`None`: the system temp dir).
     pub work_root: Option<PathBuf>,
+    /// How often running jobs send heartbeats (and the pool duty's period).
     pub heartbeat: Duration,
 }
 
-/// Runs jobs until `shutdown`. Jobs still running then are left to their
-/// leases: they lapse and the jobs are re-queued, as after a crash.
 /// A worker pool as a duty of the node that hosts it (the built-in pool
 /// leases for this node's slots only).
 pub fn pool_duty(host: Arc<dyn JobHost>, cfg: RunnerConfig) -> herald_core::duty::Duty {
@@ -53,6 +63,8 @@ pub fn pool_duty(host: Arc<dyn JobHost>, cfg: RunnerConfig) -> herald_core::duty
     })
 }
 
+/// Runs jobs until `shutdown`. Jobs still running then are left to their
+/// leases: they lapse and the jobs are re-queued, as after a crash.
 pub async fn run(host: Arc<dyn JobHost>, cfg: RunnerConfig, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(cfg.slots.max(1)));
     let cfg = Arc::new(cfg);
@@ -252,8 +264,11 @@ async fn collect(
 
 /// The built-in pool's host: the service itself.
 pub struct LocalHost {
+    /// The automation service jobs are leased from.
     pub service: AutomationService,
+    /// The worker group this pool serves.
     pub group: String,
+    /// This pool's worker id.
     pub worker_id: String,
 }
 

@@ -1,7 +1,7 @@
 //! `herald runbook|webhook|job|asset ...`: Automation from the shell.
 
 use crate::client::{Client, Conn};
-use crate::output;
+use crate::output::{self, Columns};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use futures_util::StreamExt;
@@ -14,7 +14,7 @@ use std::time::Duration;
 const BASE: &str = "/api/v1/automation";
 
 #[derive(Subcommand)]
-pub enum RunbookCmd {
+pub(crate) enum RunbookCmd {
     /// Create a runbook from a script file (the draft); --publish freezes it
     Create {
         name: String,
@@ -101,7 +101,7 @@ pub enum RunbookCmd {
 }
 
 #[derive(Subcommand)]
-pub enum WebhookCmd {
+pub(crate) enum WebhookCmd {
     /// Create a webhook; its URL is printed once and cannot be shown again
     Create {
         name: String,
@@ -158,7 +158,7 @@ pub enum WebhookCmd {
 }
 
 #[derive(Subcommand)]
-pub enum JobCmd {
+pub(crate) enum JobCmd {
     /// Inside a runbook job: print its input, or one field of it by dotted path.
     /// String fields that hold JSON (WebhookData.RequestBody) are parsed on the
     /// way, e.g. `herald job input WebhookData.RequestBody.0.eventType`
@@ -219,7 +219,7 @@ pub enum JobCmd {
 }
 
 #[derive(Subcommand)]
-pub enum AssetCmd {
+pub(crate) enum AssetCmd {
     /// Inside a runbook job: print an asset's value (credentials as JSON)
     Get {
         name: String,
@@ -346,7 +346,7 @@ fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-pub async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
     match cmd {
         RunbookCmd::Create {
             name,
@@ -401,30 +401,24 @@ pub async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
             let list = c
                 .api(Method::GET, &format!("{BASE}/runbooks"), None)
                 .await?;
-            if conn.json {
-                output::json(&list);
-                return Ok(());
-            }
-            let rows = list["value"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|r| {
-                    let p = &r["properties"];
-                    vec![
-                        output::s(&r["name"]),
-                        output::s(&p["runbookType"]),
-                        output::s(&p["state"]),
-                        output::s(&p["publishedVersion"]),
-                        format!("{} s", output::s(&p["timeoutSeconds"])),
-                        short_time(&p["lastModifiedTime"]),
-                    ]
-                })
-                .collect();
-            output::table(
-                &["NAME", "TYPE", "STATE", "VERSION", "TIMEOUT", "MODIFIED"],
-                rows,
+            let runbooks = list["value"].as_array().cloned().unwrap_or_default();
+            output::print(
+                conn.json,
+                &list,
+                &runbooks,
+                Columns::new()
+                    .col("NAME", |r: &Value| output::s(&r["name"]))
+                    .col("TYPE", |r| output::s(&r["properties"]["runbookType"]))
+                    .col("STATE", |r| output::s(&r["properties"]["state"]))
+                    .col("VERSION", |r| {
+                        output::s(&r["properties"]["publishedVersion"])
+                    })
+                    .col("TIMEOUT", |r| {
+                        format!("{} s", output::s(&r["properties"]["timeoutSeconds"]))
+                    })
+                    .col("MODIFIED", |r| {
+                        short_time(&r["properties"]["lastModifiedTime"])
+                    }),
             );
         }
         RunbookCmd::Show { name, conn } => {
@@ -443,43 +437,41 @@ pub async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if conn.json {
-                output::json(&json!({ "runbook": rb, "webhooks": hooks["value"] }));
-                return Ok(());
-            }
-            let p = &rb["properties"];
-            let rows = vec![
-                vec!["Name".into(), output::s(&rb["name"])],
-                vec!["Type".into(), output::s(&p["runbookType"])],
-                vec!["State".into(), output::s(&p["state"])],
+            let raw = json!({ "runbook": rb, "webhooks": hooks["value"] });
+            output::fields(conn.json, &raw, ["FIELD", "VALUE"], || {
+                let p = &rb["properties"];
                 vec![
-                    "Published version".into(),
-                    output::s(&p["publishedVersion"]),
-                ],
-                vec!["Parameters".into(), p["parameters"].to_string()],
-                vec!["Permissions".into(), p["permissions"].to_string()],
-                vec![
-                    "Timeout".into(),
-                    format!("{} s", output::s(&p["timeoutSeconds"])),
-                ],
-                vec![
-                    "Max concurrent jobs".into(),
-                    output::s(&p["maxConcurrentJobs"]),
-                ],
-                vec![
-                    "Webhooks".into(),
-                    hooks["value"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|w| output::s(&w["name"]))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        })
-                        .unwrap_or_default(),
-                ],
-            ];
-            output::table(&["FIELD", "VALUE"], rows);
+                    ("Name".into(), output::s(&rb["name"])),
+                    ("Type".into(), output::s(&p["runbookType"])),
+                    ("State".into(), output::s(&p["state"])),
+                    (
+                        "Published version".into(),
+                        output::s(&p["publishedVersion"]),
+                    ),
+                    ("Parameters".into(), p["parameters"].to_string()),
+                    ("Permissions".into(), p["permissions"].to_string()),
+                    (
+                        "Timeout".into(),
+                        format!("{} s", output::s(&p["timeoutSeconds"])),
+                    ),
+                    (
+                        "Max concurrent jobs".into(),
+                        output::s(&p["maxConcurrentJobs"]),
+                    ),
+                    (
+                        "Webhooks".into(),
+                        hooks["value"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .map(|w| output::s(&w["name"]))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            })
+                            .unwrap_or_default(),
+                    ),
+                ]
+            });
         }
         RunbookCmd::Content {
             name,
@@ -564,7 +556,7 @@ pub async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run_webhook(cmd: WebhookCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_webhook(cmd: WebhookCmd) -> anyhow::Result<()> {
     match cmd {
         WebhookCmd::Create {
             name,
@@ -615,41 +607,28 @@ pub async fn run_webhook(cmd: WebhookCmd) -> anyhow::Result<()> {
                 None => format!("{BASE}/webhooks"),
             };
             let list = c.api(Method::GET, &path, None).await?;
-            if conn.json {
-                output::json(&list);
-                return Ok(());
-            }
-            let rows = list["value"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|w| {
-                    let p = &w["properties"];
-                    vec![
-                        output::s(&w["name"]),
-                        output::s(&p["runbook"]["name"]),
-                        if p["isEnabled"] == json!(true) {
+            let hooks = list["value"].as_array().cloned().unwrap_or_default();
+            output::print(
+                conn.json,
+                &list,
+                &hooks,
+                Columns::new()
+                    .col("NAME", |w: &Value| output::s(&w["name"]))
+                    .col("RUNBOOK", |w| {
+                        output::s(&w["properties"]["runbook"]["name"])
+                    })
+                    .col("ENABLED", |w| {
+                        if w["properties"]["isEnabled"] == json!(true) {
                             "yes".into()
                         } else {
                             "no".into()
-                        },
-                        short_time(&p["expiryTime"]),
-                        short_time(&p["lastInvokedTime"]),
-                        output::s(&p["runOn"]),
-                    ]
-                })
-                .collect();
-            output::table(
-                &[
-                    "NAME",
-                    "RUNBOOK",
-                    "ENABLED",
-                    "EXPIRES",
-                    "LAST INVOKED",
-                    "RUN ON",
-                ],
-                rows,
+                        }
+                    })
+                    .col("EXPIRES", |w| short_time(&w["properties"]["expiryTime"]))
+                    .col("LAST INVOKED", |w| {
+                        short_time(&w["properties"]["lastInvokedTime"])
+                    })
+                    .col("RUN ON", |w| output::s(&w["properties"]["runOn"])),
             );
         }
         WebhookCmd::Show { name, conn } => {
@@ -661,24 +640,19 @@ pub async fn run_webhook(cmd: WebhookCmd) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if conn.json {
-                output::json(&wh);
-                return Ok(());
-            }
-            let p = &wh["properties"];
-            output::table(
-                &["FIELD", "VALUE"],
+            output::fields(conn.json, &wh, ["FIELD", "VALUE"], || {
+                let p = &wh["properties"];
                 vec![
-                    vec!["Name".into(), output::s(&wh["name"])],
-                    vec!["Runbook".into(), output::s(&p["runbook"]["name"])],
-                    vec!["Enabled".into(), output::s(&p["isEnabled"])],
-                    vec!["Expires".into(), short_time(&p["expiryTime"])],
-                    vec!["Last invoked".into(), short_time(&p["lastInvokedTime"])],
-                    vec!["Parameters".into(), p["parameters"].to_string()],
-                    vec!["Run on".into(), output::s(&p["runOn"])],
-                    vec!["URL".into(), "(shown only at creation)".into()],
-                ],
-            );
+                    ("Name".into(), output::s(&wh["name"])),
+                    ("Runbook".into(), output::s(&p["runbook"]["name"])),
+                    ("Enabled".into(), output::s(&p["isEnabled"])),
+                    ("Expires".into(), short_time(&p["expiryTime"])),
+                    ("Last invoked".into(), short_time(&p["lastInvokedTime"])),
+                    ("Parameters".into(), p["parameters"].to_string()),
+                    ("Run on".into(), output::s(&p["runOn"])),
+                    ("URL".into(), "(shown only at creation)".into()),
+                ]
+            });
         }
         WebhookCmd::Update {
             name,
@@ -732,26 +706,6 @@ pub async fn run_webhook(cmd: WebhookCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn job_rows(list: &Value) -> Vec<Vec<String>> {
-    list["value"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|j| {
-            let p = &j["properties"];
-            vec![
-                output::s(&j["name"]),
-                output::s(&p["runbook"]["name"]),
-                output::s(&p["status"]),
-                output::s(&p["startedBy"]),
-                short_time(&p["creationTime"]),
-                duration(&p["startTime"], &p["endTime"]),
-            ]
-        })
-        .collect()
-}
-
 fn duration(start: &Value, end: &Value) -> String {
     let parse = |v: &Value| {
         v.as_str()
@@ -765,7 +719,7 @@ fn duration(start: &Value, end: &Value) -> String {
 }
 
 /// Walks a dotted path through JSON, parsing JSON-in-string values on the way.
-pub fn json_path(root: &Value, path: &str) -> Option<Value> {
+pub(crate) fn json_path(root: &Value, path: &str) -> Option<Value> {
     let mut cur = root.clone();
     for part in path.split('.').filter(|p| !p.is_empty()) {
         if let Value::String(s) = &cur
@@ -789,7 +743,7 @@ pub fn json_path(root: &Value, path: &str) -> Option<Value> {
     Some(cur)
 }
 
-pub async fn run_job(cmd: JobCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_job(cmd: JobCmd) -> anyhow::Result<()> {
     match cmd {
         JobCmd::Input { path } => {
             let file = std::env::var("HERALD_JOB_INPUT").context(
@@ -823,20 +777,22 @@ pub async fn run_job(cmd: JobCmd) -> anyhow::Result<()> {
                 path.push_str(&format!("&runbook={}", enc(&r)));
             }
             let list = c.api(Method::GET, &path, None).await?;
-            if conn.json {
-                output::json(&list);
-                return Ok(());
-            }
-            output::table(
-                &[
-                    "JOB",
-                    "RUNBOOK",
-                    "STATUS",
-                    "STARTED BY",
-                    "CREATED",
-                    "DURATION",
-                ],
-                job_rows(&list),
+            let jobs = list["value"].as_array().cloned().unwrap_or_default();
+            output::print(
+                conn.json,
+                &list,
+                &jobs,
+                Columns::new()
+                    .col("JOB", |j: &Value| output::s(&j["name"]))
+                    .col("RUNBOOK", |j| {
+                        output::s(&j["properties"]["runbook"]["name"])
+                    })
+                    .col("STATUS", |j| output::s(&j["properties"]["status"]))
+                    .col("STARTED BY", |j| output::s(&j["properties"]["startedBy"]))
+                    .col("CREATED", |j| short_time(&j["properties"]["creationTime"]))
+                    .col("DURATION", |j| {
+                        duration(&j["properties"]["startTime"], &j["properties"]["endTime"])
+                    }),
             );
         }
         JobCmd::Show { id, conn } => {
@@ -844,40 +800,38 @@ pub async fn run_job(cmd: JobCmd) -> anyhow::Result<()> {
             let job = c
                 .api(Method::GET, &format!("{BASE}/jobs/{}", enc(&id)), None)
                 .await?;
-            if conn.json {
-                output::json(&job);
-                return Ok(());
-            }
-            let p = &job["properties"];
-            let mut rows = vec![
-                vec!["Job".into(), output::s(&job["name"])],
-                vec![
-                    "Runbook".into(),
-                    format!(
-                        "{} (v{})",
-                        output::s(&p["runbook"]["name"]),
-                        output::s(&p["runbookVersion"])
+            output::fields(conn.json, &job, ["FIELD", "VALUE"], || {
+                let p = &job["properties"];
+                let mut rows = vec![
+                    ("Job".into(), output::s(&job["name"])),
+                    (
+                        "Runbook".into(),
+                        format!(
+                            "{} (v{})",
+                            output::s(&p["runbook"]["name"]),
+                            output::s(&p["runbookVersion"])
+                        ),
                     ),
-                ],
-                vec!["Status".into(), output::s(&p["status"])],
-                vec!["Details".into(), output::s(&p["statusDetails"])],
-                vec!["Started by".into(), output::s(&p["startedBy"])],
-                vec!["Sandbox".into(), output::s(&p["sandbox"])],
-                vec!["Exit code".into(), output::s(&p["exitCode"])],
-                vec!["Exception".into(), output::s(&p["exception"])],
-                vec!["Parameters".into(), p["parameters"].to_string()],
-            ];
-            for h in p["history"].as_array().cloned().unwrap_or_default() {
-                rows.push(vec![
-                    format!("  {}", output::s(&h["status"])),
-                    format!(
-                        "{} {}",
-                        output::s(&h["time"]),
-                        output::s(&h["details"]).replace('-', "")
-                    ),
-                ]);
-            }
-            output::table(&["FIELD", "VALUE"], rows);
+                    ("Status".into(), output::s(&p["status"])),
+                    ("Details".into(), output::s(&p["statusDetails"])),
+                    ("Started by".into(), output::s(&p["startedBy"])),
+                    ("Sandbox".into(), output::s(&p["sandbox"])),
+                    ("Exit code".into(), output::s(&p["exitCode"])),
+                    ("Exception".into(), output::s(&p["exception"])),
+                    ("Parameters".into(), p["parameters"].to_string()),
+                ];
+                for h in p["history"].as_array().cloned().unwrap_or_default() {
+                    rows.push((
+                        format!("  {}", output::s(&h["status"])),
+                        format!(
+                            "{} {}",
+                            output::s(&h["time"]),
+                            output::s(&h["details"]).replace('-', "")
+                        ),
+                    ));
+                }
+                rows
+            });
         }
         JobCmd::Output { id, follow, conn } => {
             let c = Client::new(&conn)?;
@@ -898,24 +852,16 @@ pub async fn run_job(cmd: JobCmd) -> anyhow::Result<()> {
                 path.push_str(&format!("?streamType={}", enc(&s)));
             }
             let list = c.api(Method::GET, &path, None).await?;
-            if conn.json {
-                output::json(&list);
-                return Ok(());
-            }
-            let rows = list["value"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|r| {
-                    vec![
-                        short_time(&r["time"]),
-                        output::s(&r["streamType"]),
-                        output::s(&r["streamText"]),
-                    ]
-                })
-                .collect();
-            output::table(&["TIME", "STREAM", "TEXT"], rows);
+            let records = list["value"].as_array().cloned().unwrap_or_default();
+            output::print(
+                conn.json,
+                &list,
+                &records,
+                Columns::new()
+                    .col("TIME", |r: &Value| short_time(&r["time"]))
+                    .col("STREAM", |r| output::s(&r["streamType"]))
+                    .col("TEXT", |r| output::s(&r["streamText"])),
+            );
         }
         JobCmd::Stop { id, conn } => {
             let c = Client::new(&conn)?;
@@ -1064,7 +1010,7 @@ async fn follow_job(c: &Client, id: &str, json_out: bool) -> anyhow::Result<()> 
     }
 }
 
-pub async fn run_asset(cmd: AssetCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_asset(cmd: AssetCmd) -> anyhow::Result<()> {
     match cmd {
         AssetCmd::Get { name, field, conn } => {
             let c = Client::new(&conn)?;
@@ -1134,10 +1080,7 @@ pub async fn run_asset(cmd: AssetCmd) -> anyhow::Result<()> {
             let creds = c
                 .api(Method::GET, &format!("{BASE}/credentials"), None)
                 .await?;
-            if conn.json {
-                output::json(&json!({ "variables": vars["value"], "credentials": creds["value"] }));
-                return Ok(());
-            }
+            let raw = json!({ "variables": vars["value"], "credentials": creds["value"] });
             let mut rows = Vec::new();
             for v in vars["value"].as_array().cloned().unwrap_or_default() {
                 let p = &v["properties"];
@@ -1146,16 +1089,24 @@ pub async fn run_asset(cmd: AssetCmd) -> anyhow::Result<()> {
                 } else {
                     output::s(&p["value"])
                 };
-                rows.push(vec![output::s(&v["name"]), "variable".into(), shown]);
+                rows.push([output::s(&v["name"]), "variable".into(), shown]);
             }
             for v in creds["value"].as_array().cloned().unwrap_or_default() {
-                rows.push(vec![
+                rows.push([
                     output::s(&v["name"]),
                     "credential".into(),
                     format!("user {}", output::s(&v["properties"]["userName"])),
                 ]);
             }
-            output::table(&["NAME", "KIND", "VALUE"], rows);
+            output::print(
+                conn.json,
+                &raw,
+                &rows,
+                Columns::new()
+                    .col("NAME", |r: &[String; 3]| r[0].clone())
+                    .col("KIND", |r| r[1].clone())
+                    .col("VALUE", |r| r[2].clone()),
+            );
         }
         AssetCmd::Delete { name, kind, conn } => {
             let c = Client::new(&conn)?;

@@ -25,7 +25,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// GET of the latest version of one secret
     SecretGet,
     /// Durable SET (new version) of secrets
@@ -49,7 +49,7 @@ pub enum Scenario {
 }
 
 #[derive(Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// What to measure (repeat to run several)
     #[arg(long = "scenario", value_enum, default_values_t = vec![Scenario::SecretGet, Scenario::SecretSet, Scenario::Publish, Scenario::PullReceiveAck])]
     scenarios: Vec<Scenario>,
@@ -85,7 +85,7 @@ pub(crate) struct Target {
     tls: TlsConnector,
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Warnings and errors only (RUST_LOG overrides), so figures stay readable.
     if std::env::var_os("RUST_LOG").is_none() {
         crate::serve::init_logging_with("warn");

@@ -89,7 +89,11 @@ async fn wait_final(t: &Target, id: &str) -> anyhow::Result<Value> {
     }
 }
 
-pub async fn run(t: &Arc<Target>, args: &BenchArgs, scenario: Scenario) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    t: &Arc<Target>,
+    args: &BenchArgs,
+    scenario: Scenario,
+) -> anyhow::Result<()> {
     let samples = 200;
     match scenario {
         Scenario::WebhookRunning => {

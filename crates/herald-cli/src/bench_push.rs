@@ -163,7 +163,11 @@ fn rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-pub async fn run(t: &Arc<Target>, args: &BenchArgs, scenario: Scenario) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    t: &Arc<Target>,
+    args: &BenchArgs,
+    scenario: Scenario,
+) -> anyhow::Result<()> {
     let _ = epoch();
     match scenario {
         Scenario::Push => {

@@ -10,29 +10,29 @@ use std::path::PathBuf;
 /// How to reach a running server; shared by every client command.
 /// Flags win over `HERALD_*` variables, which win over `herald login`.
 #[derive(Args, Clone, Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     /// Server address [default: from `herald login`, else https://127.0.0.1:8443]
     #[arg(long, env = "HERALD_ADDR", global = true)]
-    pub addr: Option<String>,
+    pub(crate) addr: Option<String>,
     /// CA certificate to trust [default: from `herald login`, else ./herald-data/tls/ca.pem]
     #[arg(long, env = "HERALD_CACERT", global = true)]
-    pub ca_cert: Option<PathBuf>,
+    pub(crate) ca_cert: Option<PathBuf>,
     /// Print JSON instead of tables
     #[arg(long, global = true)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// What `herald login` stores (mode 0600): the address, token and CA.
 #[derive(serde::Serialize, serde::Deserialize, Default, Clone, Debug)]
-pub struct Login {
-    pub addr: String,
-    pub token: String,
+pub(crate) struct Login {
+    pub(crate) addr: String,
+    pub(crate) token: String,
     #[serde(default)]
-    pub ca_cert: Option<PathBuf>,
+    pub(crate) ca_cert: Option<PathBuf>,
 }
 
 impl Login {
-    pub fn path() -> Option<PathBuf> {
+    pub(crate) fn path() -> Option<PathBuf> {
         if let Some(dir) = std::env::var_os("HERALD_CONFIG_DIR") {
             return Some(PathBuf::from(dir).join("login.json"));
         }
@@ -42,12 +42,12 @@ impl Login {
         Some(base.join("herald").join("login.json"))
     }
 
-    pub fn load() -> Option<Self> {
+    pub(crate) fn load() -> Option<Self> {
         let text = std::fs::read_to_string(Self::path()?).ok()?;
         serde_json::from_str(&text).ok()
     }
 
-    pub fn save(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn save(&self) -> anyhow::Result<PathBuf> {
         let path = Self::path().context("no HOME or HERALD_CONFIG_DIR to store the login in")?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -71,7 +71,7 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)
 }
 
-pub struct Client {
+pub(crate) struct Client {
     addr: String,
     token: String,
     ca: Option<reqwest::Certificate>,
@@ -89,14 +89,14 @@ fn token_from_env(login: Option<&Login>) -> anyhow::Result<String> {
 }
 
 impl Client {
-    pub fn new(conn: &Conn) -> anyhow::Result<Self> {
+    pub(crate) fn new(conn: &Conn) -> anyhow::Result<Self> {
         let login = Login::load();
         let token = token_from_env(login.as_ref())?;
         Self::build(conn, login, token)
     }
 
     /// A client with an explicit token (checking a login before saving it).
-    pub fn with_token(conn: &Conn, token: &str) -> anyhow::Result<Self> {
+    pub(crate) fn with_token(conn: &Conn, token: &str) -> anyhow::Result<Self> {
         Self::build(conn, None, token.to_owned())
     }
 
@@ -131,7 +131,7 @@ impl Client {
     }
 
     /// Calls the management API.
-    pub async fn api(
+    pub(crate) async fn api(
         &self,
         method: Method,
         path: &str,
@@ -142,7 +142,7 @@ impl Client {
     }
 
     /// Sends a raw body (publishing); `content_type` as given.
-    pub async fn raw(
+    pub(crate) async fn raw(
         &self,
         path: &str,
         content_type: &str,
@@ -172,7 +172,7 @@ impl Client {
     }
 
     /// Sends raw text with PUT (runbook content) and returns the JSON answer.
-    pub async fn put_text(&self, path: &str, body: String) -> anyhow::Result<Value> {
+    pub(crate) async fn put_text(&self, path: &str, body: String) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.addr);
         let resp = self
             .http
@@ -192,13 +192,17 @@ impl Client {
     }
 
     /// GETs a text resource (job output, runbook content).
-    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+    pub(crate) async fn get_text(&self, path: &str) -> anyhow::Result<String> {
         let resp = self.get_stream(path, "text/plain").await?;
         Ok(resp.text().await?)
     }
 
     /// GETs a response to read incrementally (server-sent events).
-    pub async fn get_stream(&self, path: &str, accept: &str) -> anyhow::Result<reqwest::Response> {
+    pub(crate) async fn get_stream(
+        &self,
+        path: &str,
+        accept: &str,
+    ) -> anyhow::Result<reqwest::Response> {
         let url = format!("{}{path}", self.addr);
         // No overall timeout: a followed job may run for hours.
         let http = builder(&self.ca)
@@ -219,12 +223,12 @@ impl Client {
         Ok(resp)
     }
 
-    pub fn addr(&self) -> &str {
+    pub(crate) fn addr(&self) -> &str {
         &self.addr
     }
 
     /// A client bound to one vault's host, the way Key Vault clients address it.
-    pub async fn vault(&self, name: &str) -> anyhow::Result<VaultClient> {
+    pub(crate) async fn vault(&self, name: &str) -> anyhow::Result<VaultClient> {
         let uri = match std::env::var("HERALD_VAULT_BASE") {
             // Inside a runbook job: the job token reaches the data plane only.
             Ok(base) if self.token.starts_with("hjt_") => {
@@ -277,16 +281,16 @@ fn builder(ca: &Option<reqwest::Certificate>) -> reqwest::ClientBuilder {
     b
 }
 
-pub struct VaultClient {
-    pub uri: String,
+pub(crate) struct VaultClient {
+    pub(crate) uri: String,
     token: String,
     http: reqwest::Client,
 }
 
-pub const API_VERSION: &str = "7.6";
+pub(crate) const API_VERSION: &str = "7.6";
 
 impl VaultClient {
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path_and_query: &str,

@@ -1,7 +1,7 @@
 //! `herald events ...`: pull delivery from the shell.
 
 use crate::client::{Client, Conn};
-use crate::output;
+use crate::output::{self, Columns};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 #[derive(Subcommand)]
-pub enum EventsCmd {
+pub(crate) enum EventsCmd {
     /// Receive (and lock) events from a Queue subscription
     Receive {
         topic: String,
@@ -64,7 +64,7 @@ pub enum EventsCmd {
 
 /// `herald deadletter ...`
 #[derive(Subcommand)]
-pub enum DeadletterCmd {
+pub(crate) enum DeadletterCmd {
     /// List dead-lettered events of an event subscription
     List {
         topic: String,
@@ -90,7 +90,7 @@ pub enum DeadletterCmd {
     },
 }
 
-pub async fn run_deadletter(cmd: DeadletterCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_deadletter(cmd: DeadletterCmd) -> anyhow::Result<()> {
     match cmd {
         DeadletterCmd::List {
             topic,
@@ -197,7 +197,7 @@ async fn settle(
     Ok(())
 }
 
-pub async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
     match cmd {
         EventsCmd::Receive {
             topic,
@@ -229,35 +229,33 @@ pub async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
                 pb.finish_and_clear();
             }
             let v = v?;
-            if conn.json {
-                output::json(&v);
-                return Ok(());
-            }
             let items = v["value"].as_array().cloned().unwrap_or_default();
-            if items.is_empty() {
+            if !conn.json && items.is_empty() {
                 println!("No events.");
                 return Ok(());
             }
-            output::table(
-                &["LOCK TOKEN", "DELIVERY", "ID", "TYPE", "SUBJECT", "DATA"],
-                items
-                    .iter()
-                    .map(|i| {
+            output::print(
+                conn.json,
+                &v,
+                &items,
+                Columns::new()
+                    .col("LOCK TOKEN", |i: &Value| {
+                        output::s(&i["brokerProperties"]["lockToken"])
+                    })
+                    .col("DELIVERY", |i| {
+                        output::s(&i["brokerProperties"]["deliveryCount"])
+                    })
+                    .col("ID", |i| output::s(&i["event"]["id"]))
+                    .col("TYPE", |i| output::s(&i["event"]["type"]))
+                    .col("SUBJECT", |i| output::s(&i["event"]["subject"]))
+                    .col("DATA", |i| {
                         let e = &i["event"];
                         let data = match &e["data"] {
                             Value::Null => output::s(&e["data_base64"]),
                             d => d.to_string(),
                         };
-                        vec![
-                            output::s(&i["brokerProperties"]["lockToken"]),
-                            output::s(&i["brokerProperties"]["deliveryCount"]),
-                            output::s(&e["id"]),
-                            output::s(&e["type"]),
-                            output::s(&e["subject"]),
-                            data.chars().take(60).collect(),
-                        ]
-                    })
-                    .collect(),
+                        data.chars().take(60).collect()
+                    }),
             );
         }
         EventsCmd::Ack {
@@ -307,35 +305,18 @@ pub async fn run(cmd: EventsCmd) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if conn.json {
-                output::json(&v);
-                return Ok(());
-            }
-            output::table(
-                &[
-                    "ID",
-                    "REASON",
-                    "ATTEMPTS",
-                    "EVENT ID",
-                    "TYPE",
-                    "DEAD-LETTERED",
-                ],
-                v["value"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|d| {
-                        vec![
-                            output::s(&d["id"]),
-                            output::s(&d["deadLetterReason"]),
-                            output::s(&d["deliveryAttempts"]),
-                            output::s(&d["event"]["id"]),
-                            output::s(&d["event"]["type"]),
-                            output::s(&d["deadLetteredTime"]),
-                        ]
-                    })
-                    .collect(),
+            let dead = v["value"].as_array().cloned().unwrap_or_default();
+            output::print(
+                conn.json,
+                &v,
+                &dead,
+                Columns::new()
+                    .col("ID", |d: &Value| output::s(&d["id"]))
+                    .col("REASON", |d| output::s(&d["deadLetterReason"]))
+                    .col("ATTEMPTS", |d| output::s(&d["deliveryAttempts"]))
+                    .col("EVENT ID", |d| output::s(&d["event"]["id"]))
+                    .col("TYPE", |d| output::s(&d["event"]["type"]))
+                    .col("DEAD-LETTERED", |d| output::s(&d["deadLetteredTime"])),
             );
         }
     }

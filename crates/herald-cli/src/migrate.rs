@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 #[derive(Args)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     /// Data directory of the embedded installation (stop its server first)
     #[arg(long)]
     from: PathBuf,
@@ -17,7 +17,7 @@ pub struct MigrateArgs {
     to: String,
 }
 
-pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     if !(args.to.starts_with("postgres://") || args.to.starts_with("postgresql://")) {
         bail!("--to must be a postgres:// URL");
     }
@@ -47,9 +47,9 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let rows = copied
         .iter()
         .filter(|t| t.rows > 0)
-        .map(|t| vec![t.table.clone(), t.rows.to_string()])
-        .collect();
-    crate::output::table(&["TABLE", "ROWS"], rows);
+        .map(|t| (t.table.clone(), t.rows.to_string()))
+        .collect::<Vec<_>>();
+    crate::output::print_table(&rows, crate::output::pairs(["TABLE", "ROWS"]));
     println!(
         "Copied {total} rows in {} tables from {} to PostgreSQL.",
         copied.len(),

@@ -3,6 +3,7 @@
 //! webhook subscription → an Automation runbook job that rotates the secret.
 //! Then it prints the trail a user would check in the portal.
 
+use crate::output::Columns;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
-pub struct QuickstartArgs {
+pub(crate) struct QuickstartArgs {
     /// Data directory [default: a fresh one under the system temp dir]
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -34,7 +35,7 @@ const KV_TYPES: [&str; 2] = [
 
 /// The runbook users would write: read the event from WebhookData and, when
 /// the secret nears expiry, set a new version with the job's scoped token.
-pub const ROTATE_RUNBOOK: &str = r#"#!/usr/bin/env bash
+pub(crate) const ROTATE_RUNBOOK: &str = r#"#!/usr/bin/env bash
 # Rotate-Secret: rotates a Key Vault secret when Herald reports it nears expiry.
 # `herald job input` reads $HERALD_JOB_INPUT and parses WebhookData.RequestBody.
 set -euo pipefail
@@ -154,7 +155,7 @@ where
     }
 }
 
-pub async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_none() {
         crate::serve::init_logging_with("warn");
     } else {
@@ -477,22 +478,18 @@ async fn trail(api: &Api, first_id: &str, rotated: &Value) -> anyhow::Result<()>
         )
         .await?;
     println!("\n  Delivery attempts:");
-    let rows: Vec<Vec<String>> = attempts["value"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|a| {
-            vec![
-                time_of(&a["time"]),
-                crate::output::s(&a["eventId"]),
-                crate::output::s(&a["attempt"]),
-                crate::output::s(&a["status"]),
-                format!("{} ms", crate::output::s(&a["latencyMs"])),
-            ]
-        })
-        .collect();
-    crate::output::table(&["TIME", "EVENT", "ATTEMPT", "STATUS", "LATENCY"], rows);
+    let rows = attempts["value"].as_array().cloned().unwrap_or_default();
+    crate::output::print_table(
+        &rows,
+        Columns::new()
+            .col("TIME", |a: &Value| time_of(&a["time"]))
+            .col("EVENT", |a| crate::output::s(&a["eventId"]))
+            .col("ATTEMPT", |a| crate::output::s(&a["attempt"]))
+            .col("STATUS", |a| crate::output::s(&a["status"]))
+            .col("LATENCY", |a| {
+                format!("{} ms", crate::output::s(&a["latencyMs"]))
+            }),
+    );
 
     let hook = api
         .call(
@@ -507,22 +504,20 @@ async fn trail(api: &Api, first_id: &str, rotated: &Value) -> anyhow::Result<()>
     );
 
     println!("\n  Jobs:");
-    let rows = jobs
-        .iter()
-        .map(|j| {
-            vec![
-                crate::output::s(&j["name"]),
+    crate::output::print_table(
+        &jobs,
+        Columns::new()
+            .col("JOB", |j: &Value| crate::output::s(&j["name"]))
+            .col("EVENT", |j| {
                 event_types_of(j)
                     .first()
                     .map(|t| t.trim_start_matches("Microsoft.KeyVault.").to_owned())
-                    .unwrap_or_default(),
-                crate::output::s(&j["properties"]["status"]),
-                crate::output::s(&j["properties"]["sandbox"]),
-                time_of(&j["properties"]["endTime"]),
-            ]
-        })
-        .collect();
-    crate::output::table(&["JOB", "EVENT", "STATUS", "SANDBOX", "ENDED"], rows);
+                    .unwrap_or_default()
+            })
+            .col("STATUS", |j| crate::output::s(&j["properties"]["status"]))
+            .col("SANDBOX", |j| crate::output::s(&j["properties"]["sandbox"]))
+            .col("ENDED", |j| time_of(&j["properties"]["endTime"])),
+    );
 
     let near = jobs
         .iter()

@@ -1,7 +1,7 @@
 //! `herald secret ...`: the Key Vault data plane from the shell.
 
 use crate::client::{Client, Conn};
-use crate::output;
+use crate::output::{self, Columns};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use reqwest::Method;
@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use std::io::Read;
 
 #[derive(Args, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// Vault holding the secret
     #[arg(long, env = "HERALD_VAULT", default_value = "default", global = true)]
     vault: String,
@@ -18,7 +18,7 @@ pub struct Target {
 }
 
 #[derive(Args, Clone, Default)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// Content type, e.g. text/plain
     #[arg(long)]
     content_type: Option<String>,
@@ -34,7 +34,7 @@ pub struct Meta {
 }
 
 #[derive(Subcommand)]
-pub enum SecretCmd {
+pub(crate) enum SecretCmd {
     /// Set a secret (creates a new version). VALUE "-" reads stdin.
     Set {
         name: String,
@@ -162,31 +162,29 @@ fn name_of(v: &Value) -> String {
 }
 
 fn show(conn: &Conn, v: &Value) {
-    if conn.json {
-        output::json(v);
-        return;
-    }
-    let a = &v["attributes"];
-    let mut rows = vec![
-        vec!["id".into(), output::s(&v["id"])],
-        vec!["enabled".into(), output::s(&a["enabled"])],
-        vec!["content type".into(), output::s(&v["contentType"])],
-        vec!["not before".into(), output::ts(&a["nbf"])],
-        vec!["expires".into(), output::ts(&a["exp"])],
-        vec!["created".into(), output::ts(&a["created"])],
-        vec!["updated".into(), output::ts(&a["updated"])],
-        vec!["recovery level".into(), output::s(&a["recoveryLevel"])],
-        vec!["tags".into(), output::s(&v["tags"])],
-    ];
-    if v.get("recoveryId").is_some() {
-        rows.push(vec!["recovery id".into(), output::s(&v["recoveryId"])]);
-        rows.push(vec!["deleted".into(), output::ts(&v["deletedDate"])]);
-        rows.push(vec![
-            "scheduled purge".into(),
-            output::ts(&v["scheduledPurgeDate"]),
-        ]);
-    }
-    output::table(&["FIELD", "VALUE"], rows);
+    output::fields(conn.json, v, ["FIELD", "VALUE"], || {
+        let a = &v["attributes"];
+        let mut rows = vec![
+            ("id".into(), output::s(&v["id"])),
+            ("enabled".into(), output::s(&a["enabled"])),
+            ("content type".into(), output::s(&v["contentType"])),
+            ("not before".into(), output::ts(&a["nbf"])),
+            ("expires".into(), output::ts(&a["exp"])),
+            ("created".into(), output::ts(&a["created"])),
+            ("updated".into(), output::ts(&a["updated"])),
+            ("recovery level".into(), output::s(&a["recoveryLevel"])),
+            ("tags".into(), output::s(&v["tags"])),
+        ];
+        if v.get("recoveryId").is_some() {
+            rows.push(("recovery id".into(), output::s(&v["recoveryId"])));
+            rows.push(("deleted".into(), output::ts(&v["deletedDate"])));
+            rows.push((
+                "scheduled purge".into(),
+                output::ts(&v["scheduledPurgeDate"]),
+            ));
+        }
+        rows
+    });
 }
 
 /// Follows nextLink until the listing ends.
@@ -214,7 +212,7 @@ async fn list_all(vc: &crate::client::VaultClient, path: &str) -> anyhow::Result
     }
 }
 
-pub async fn run(cmd: SecretCmd) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: SecretCmd) -> anyhow::Result<()> {
     match cmd {
         SecretCmd::Set {
             name,
@@ -299,64 +297,37 @@ pub async fn run(cmd: SecretCmd) -> anyhow::Result<()> {
                 "/secrets?maxresults=25"
             };
             let items = list_all(&vc, path).await?;
-            if target.conn.json {
-                output::json(&json!(items));
-                return Ok(());
-            }
-            if deleted {
-                output::table(
-                    &["NAME", "DELETED", "SCHEDULED PURGE"],
-                    items
-                        .iter()
-                        .map(|i| {
-                            vec![
-                                name_of(i),
-                                output::ts(&i["deletedDate"]),
-                                output::ts(&i["scheduledPurgeDate"]),
-                            ]
-                        })
-                        .collect(),
-                );
+            let columns = if deleted {
+                Columns::new()
+                    .col("NAME", name_of)
+                    .col("DELETED", |i: &Value| output::ts(&i["deletedDate"]))
+                    .col("SCHEDULED PURGE", |i| output::ts(&i["scheduledPurgeDate"]))
             } else {
-                output::table(
-                    &["NAME", "ENABLED", "EXPIRES", "UPDATED", "CONTENT TYPE"],
-                    items
-                        .iter()
-                        .map(|i| {
-                            let a = &i["attributes"];
-                            vec![
-                                name_of(i),
-                                output::s(&a["enabled"]),
-                                output::ts(&a["exp"]),
-                                output::ts(&a["updated"]),
-                                output::s(&i["contentType"]),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
+                Columns::new()
+                    .col("NAME", name_of)
+                    .col("ENABLED", |i: &Value| {
+                        output::s(&i["attributes"]["enabled"])
+                    })
+                    .col("EXPIRES", |i| output::ts(&i["attributes"]["exp"]))
+                    .col("UPDATED", |i| output::ts(&i["attributes"]["updated"]))
+                    .col("CONTENT TYPE", |i| output::s(&i["contentType"]))
+            };
+            output::print(target.conn.json, &items, &items, columns);
         }
         SecretCmd::Versions { name, target } => {
             let vc = Client::new(&target.conn)?.vault(&target.vault).await?;
             let items = list_all(&vc, &format!("/secrets/{name}/versions?maxresults=25")).await?;
-            if target.conn.json {
-                output::json(&json!(items));
-                return Ok(());
-            }
-            output::table(
-                &["VERSION", "ENABLED", "CREATED", "EXPIRES"],
-                items
-                    .iter()
-                    .map(|i| {
-                        let a = &i["attributes"];
-                        vec![
-                            version_of(i),
-                            output::s(&a["enabled"]),
-                            output::ts(&a["created"]),
-                            output::ts(&a["exp"]),
-                        ]
+            output::print(
+                target.conn.json,
+                &items,
+                &items,
+                Columns::new()
+                    .col("VERSION", version_of)
+                    .col("ENABLED", |i: &Value| {
+                        output::s(&i["attributes"]["enabled"])
                     })
-                    .collect(),
+                    .col("CREATED", |i| output::ts(&i["attributes"]["created"]))
+                    .col("EXPIRES", |i| output::ts(&i["attributes"]["exp"])),
             );
         }
         SecretCmd::Update {

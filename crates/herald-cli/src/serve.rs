@@ -12,108 +12,108 @@ use tokio_util::sync::CancellationToken;
 /// Every setting can also come from the config file or a HERALD_* variable
 /// (e.g. HERALD_DATA_DIR); flags win over both.
 #[derive(Args, Serialize, Default)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// TOML config file [env: HERALD_CONFIG] [default: ./herald.toml if present]
     #[arg(long, env = "HERALD_CONFIG")]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Data directory for the embedded database, TLS files and master key [default: ./herald-data]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
+    pub(crate) data_dir: Option<PathBuf>,
     /// HTTPS listen address [default: 127.0.0.1:8443]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<SocketAddr>,
+    pub(crate) listen: Option<SocketAddr>,
     /// Storage URL [default: sqlite://DATA_DIR/herald.db]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub database: Option<String>,
+    pub(crate) database: Option<String>,
     /// normal (survives a crash) or full (also fsync per commit) [default: normal]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub durability: Option<String>,
+    pub(crate) durability: Option<String>,
     /// Parent domain of vault hosts: vault NAME is served at NAME.VAULT_BASE [default: vault.localhost]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vault_base: Option<String>,
+    pub(crate) vault_base: Option<String>,
     /// Port written into ids and event URLs, when clients reach Herald through another port
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub public_port: Option<u16>,
+    pub(crate) public_port: Option<u16>,
     /// PEM certificate chain to serve instead of the generated one (needs --tls-key)
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
+    pub(crate) tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
     /// How often expiry events and scheduled purges are checked, in ms [default: 1000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lifecycle_interval_ms: Option<u64>,
+    pub(crate) lifecycle_interval_ms: Option<u64>,
     /// Near-expiry window of the default vault, in seconds [default: 2592000 = 30 days]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub near_expiry_window_secs: Option<i64>,
+    pub(crate) near_expiry_window_secs: Option<i64>,
     /// ARM subscription id stamped on event topics [default: 00000000-0000-0000-0000-000000000000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub subscription_id: Option<String>,
+    pub(crate) subscription_id: Option<String>,
     /// ARM resource group stamped on event topics [default: herald]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_group: Option<String>,
+    pub(crate) resource_group: Option<String>,
     /// CIDRs webhook deliveries may reach although private or loopback, comma-separated
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivery_allowed_cidrs: Option<Vec<String>>,
+    pub(crate) delivery_allowed_cidrs: Option<Vec<String>>,
     /// Multiply the webhook retry schedule and event time to live (0 < x <= 1), e.g. 0.01 for demos [default: 1]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivery_retry_scale: Option<f64>,
+    pub(crate) delivery_retry_scale: Option<f64>,
     /// Base URL clients use to reach this server, for validation links [default: https://localhost:PORT]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub public_url: Option<String>,
+    pub(crate) public_url: Option<String>,
     /// Dead-letter objects in S3-compatible storage: s3://bucket[/prefix] (AWS_* variables configure access) [default: DATA_DIR/deadletters]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dead_letter_url: Option<String>,
+    pub(crate) dead_letter_url: Option<String>,
     /// Jobs the built-in worker pool runs at once; 0 turns it off [default: 8]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub automation_slots: Option<usize>,
+    pub(crate) automation_slots: Option<usize>,
     /// Job sandbox: auto, bwrap, unshare, rlimits or none [default: auto]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<String>,
+    pub(crate) sandbox: Option<String>,
     /// Seconds a job lease lasts without a worker heartbeat [default: 30]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub automation_lease_secs: Option<u64>,
+    pub(crate) automation_lease_secs: Option<u64>,
     /// Days finished jobs are kept [default: 30]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub job_retention_days: Option<u64>,
+    pub(crate) job_retention_days: Option<u64>,
     /// Hours a topic's events are kept at most, delivered or not; events every subscription is done with go sooner [default: 168 = 7 days, the longest eventTimeToLive]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_retention_hours: Option<u64>,
+    pub(crate) event_retention_hours: Option<u64>,
     /// The herald binary runbooks call [default: this executable]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub herald_bin: Option<PathBuf>,
+    pub(crate) herald_bin: Option<PathBuf>,
     /// Log format: text or json [default: text]; level via RUST_LOG
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<String>,
+    pub(crate) log_format: Option<String>,
     // Secrets are read from the environment only (HERALD_ADMIN_TOKEN,
     // HERALD_MASTER_KEY) so they never show up in `ps`.
 }
 
-pub fn init_logging(format: &str) {
+pub(crate) fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,sqlx=warn,hyper=warn,rustls=warn")
     });
@@ -121,7 +121,7 @@ pub fn init_logging(format: &str) {
 }
 
 /// Logging at a fixed level, for commands whose output is the point.
-pub fn init_logging_with(level: &str) {
+pub(crate) fn init_logging_with(level: &str) {
     install("text", tracing_subscriber::EnvFilter::new(level));
 }
 
@@ -136,7 +136,7 @@ fn install(format: &str, filter: tracing_subscriber::EnvFilter) {
     };
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), &args)?;
     init_logging(&config.log_format);
     let listener = tokio::net::TcpListener::bind(config.listen)

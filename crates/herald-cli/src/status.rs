@@ -2,7 +2,7 @@
 //! to reach one).
 
 use crate::client::{Client, Conn, Login};
-use crate::output;
+use crate::output::{self, Columns};
 use anyhow::{Context, bail};
 use clap::Args;
 use reqwest::Method;
@@ -10,12 +10,12 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 #[derive(Args)]
-pub struct StatusArgs {
+pub(crate) struct StatusArgs {
     #[command(flatten)]
     conn: Conn,
 }
 
-pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
     let c = Client::new(&args.conn)?;
     let s = c.api(Method::GET, "/api/v1/status", None).await?;
     if args.conn.json {
@@ -37,13 +37,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         }
     };
     println!("Herald {} at {}", output::s(&s["version"]), c.addr());
-    output::table(
-        &["SERVER", ""],
-        vec![
-            vec!["Storage".into(), output::s(&s["storage"])],
-            vec!["Job sandbox".into(), output::s(&s["sandbox"])],
-            vec!["Vaults".into(), list(&s["vaults"])],
-            vec![
+    output::print_table(
+        &[
+            ("Storage".into(), output::s(&s["storage"])),
+            ("Job sandbox".into(), output::s(&s["sandbox"])),
+            ("Vaults".into(), list(&s["vaults"])),
+            (
                 "Topics".into(),
                 s["topics"]
                     .as_array()
@@ -57,10 +56,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                     })
                     .filter(|t| !t.is_empty())
                     .unwrap_or_else(|| "-".into()),
-            ],
-            vec!["Runbooks".into(), output::s(&s["runbooks"])],
-            vec!["Webhooks".into(), output::s(&s["webhooks"])],
-            vec![
+            ),
+            ("Runbooks".into(), output::s(&s["runbooks"])),
+            ("Webhooks".into(), output::s(&s["webhooks"])),
+            (
                 "Remote workers".into(),
                 s["remoteWorkers"]
                     .as_array()
@@ -74,33 +73,22 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                     })
                     .filter(|t| !t.is_empty())
                     .unwrap_or_else(|| "-".into()),
-            ],
+            ),
         ],
+        output::pairs(["SERVER", ""]),
     );
     let subs = s["subscriptions"].as_array().cloned().unwrap_or_default();
     if !subs.is_empty() {
         println!("\nEvent subscriptions");
-        output::table(
-            &[
-                "TOPIC",
-                "SUBSCRIPTION",
-                "STATE",
-                "BACKLOG",
-                "DELIVERED",
-                "DEAD-LETTERED",
-            ],
-            subs.iter()
-                .map(|x| {
-                    vec![
-                        output::s(&x["topic"]),
-                        output::s(&x["name"]),
-                        output::s(&x["provisioningState"]),
-                        output::s(&x["backlog"]),
-                        output::s(&x["delivered"]),
-                        output::s(&x["deadLettered"]),
-                    ]
-                })
-                .collect(),
+        output::print_table(
+            &subs,
+            Columns::new()
+                .col("TOPIC", |x: &Value| output::s(&x["topic"]))
+                .col("SUBSCRIPTION", |x| output::s(&x["name"]))
+                .col("STATE", |x| output::s(&x["provisioningState"]))
+                .col("BACKLOG", |x| output::s(&x["backlog"]))
+                .col("DELIVERED", |x| output::s(&x["delivered"]))
+                .col("DEAD-LETTERED", |x| output::s(&x["deadLettered"])),
         );
     }
     let jobs = s["jobs"].as_object().cloned().unwrap_or_default();
@@ -108,18 +96,17 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
     if jobs.is_empty() {
         println!("  none yet");
     } else {
-        output::table(
-            &["STATUS", "JOBS"],
-            jobs.iter()
-                .map(|(k, v)| vec![k.clone(), output::s(v)])
-                .collect(),
-        );
+        let rows: Vec<(String, String)> = jobs
+            .iter()
+            .map(|(k, v)| (k.clone(), output::s(v)))
+            .collect();
+        output::print_table(&rows, output::pairs(["STATUS", "JOBS"]));
     }
     Ok(())
 }
 
 #[derive(Args)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     /// Server address, e.g. https://herald.example:8443
     #[arg(long, env = "HERALD_ADDR", default_value = "https://127.0.0.1:8443")]
     addr: String,
@@ -131,7 +118,7 @@ pub struct LoginArgs {
     token_stdin: bool,
 }
 
-pub async fn login(args: LoginArgs) -> anyhow::Result<()> {
+pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let token = match std::env::var("HERALD_TOKEN") {
         Ok(t) if !args.token_stdin => t,
         _ => {

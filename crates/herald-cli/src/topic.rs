@@ -1,7 +1,7 @@
 //! `herald topic ...` and `herald subscription ...`
 
 use crate::client::{Client, Conn};
-use crate::output;
+use crate::output::{self, Columns};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use reqwest::Method;
@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use std::io::Read;
 
 #[derive(Subcommand)]
-pub enum TopicCmd {
+pub(crate) enum TopicCmd {
     /// Create a custom topic
     Create {
         name: String,
@@ -62,7 +62,7 @@ pub enum TopicCmd {
 }
 
 #[derive(Args, Clone)]
-pub struct SubscriptionSpec {
+pub(crate) struct SubscriptionSpec {
     /// Pull delivery (Queue)
     #[arg(long, conflicts_with = "endpoint")]
     queue: bool,
@@ -162,7 +162,7 @@ impl SubscriptionSpec {
 }
 
 #[derive(Subcommand)]
-pub enum SubscriptionCmd {
+pub(crate) enum SubscriptionCmd {
     /// Create (or replace) an event subscription on a topic
     Create {
         topic: String,
@@ -214,69 +214,48 @@ pub enum SubscriptionCmd {
 }
 
 fn print_topics(conn: &Conn, raw: &Value, list: &[Value]) {
-    if conn.json {
-        output::json(raw);
-        return;
-    }
-    output::table(
-        &["NAME", "KIND", "INPUT SCHEMA", "PUBLISHED", "ENDPOINT"],
-        list.iter()
-            .map(|t| {
-                vec![
-                    output::s(&t["name"]),
-                    output::s(&t["kind"]),
-                    output::s(&t["inputSchema"]),
-                    output::s(&t["metrics"]["published"]),
-                    output::s(&t["endpoint"]),
-                ]
-            })
-            .collect(),
+    output::print(
+        conn.json,
+        raw,
+        list,
+        Columns::new()
+            .col("NAME", |t: &Value| output::s(&t["name"]))
+            .col("KIND", |t| output::s(&t["kind"]))
+            .col("INPUT SCHEMA", |t| output::s(&t["inputSchema"]))
+            .col("PUBLISHED", |t| output::s(&t["metrics"]["published"]))
+            .col("ENDPOINT", |t| output::s(&t["endpoint"])),
     );
 }
 
 fn print_subscriptions(conn: &Conn, raw: &Value, list: &[Value]) {
-    if conn.json {
-        output::json(raw);
-        return;
-    }
-    output::table(
-        &[
-            "NAME",
-            "STATE",
-            "DELIVERY",
-            "SCHEMA",
-            "MATCHED",
-            "DELIVERED",
-            "DEAD-LETTERED",
-            "BACKLOG",
-        ],
-        list.iter()
-            .map(|s| {
-                let delivery = if s.get("deliveryConfiguration").is_some() {
+    output::print(
+        conn.json,
+        raw,
+        list,
+        Columns::new()
+            .col("NAME", |s: &Value| output::s(&s["name"]))
+            .col("STATE", |s| output::s(&s["provisioningState"]))
+            .col("DELIVERY", |s| {
+                if s.get("deliveryConfiguration").is_some() {
                     "Queue (pull)".to_owned()
                 } else {
                     format!(
                         "WebHook {}",
                         output::s(&s["destination"]["properties"]["endpointBaseUrl"])
                     )
-                };
-                let m = &s["metrics"];
-                vec![
-                    output::s(&s["name"]),
-                    output::s(&s["provisioningState"]),
-                    delivery,
-                    output::s(&s["eventDeliverySchema"]),
-                    output::s(&m["matched"]),
-                    output::s(&m["delivered"]),
-                    output::s(&m["deadLettered"]),
-                    output::s(&m["backlog"]),
-                ]
+                }
             })
-            .collect(),
+            .col("SCHEMA", |s| output::s(&s["eventDeliverySchema"]))
+            .col("MATCHED", |s| output::s(&s["metrics"]["matched"]))
+            .col("DELIVERED", |s| output::s(&s["metrics"]["delivered"]))
+            .col("DEAD-LETTERED", |s| {
+                output::s(&s["metrics"]["deadLettered"])
+            })
+            .col("BACKLOG", |s| output::s(&s["metrics"]["backlog"])),
     );
 }
 
-pub async fn run_topic(cmd: TopicCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_topic(cmd: TopicCmd) -> anyhow::Result<()> {
     match cmd {
         TopicCmd::Create {
             name,
@@ -343,17 +322,12 @@ pub async fn run_topic(cmd: TopicCmd) -> anyhow::Result<()> {
                         .await?
                 }
             };
-            if conn.json {
-                output::json(&v);
-            } else {
-                output::table(
-                    &["KEY", "VALUE"],
-                    vec![
-                        vec!["key1".into(), output::s(&v["key1"])],
-                        vec!["key2".into(), output::s(&v["key2"])],
-                    ],
-                );
-            }
+            output::fields(conn.json, &v, ["KEY", "VALUE"], || {
+                vec![
+                    ("key1".into(), output::s(&v["key1"])),
+                    ("key2".into(), output::s(&v["key2"])),
+                ]
+            });
         }
         TopicCmd::Publish {
             name,
@@ -412,7 +386,7 @@ fn failed_state(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
+pub(crate) async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
     let path = |t: &str, n: &str| format!("/api/v1/topics/{t}/eventSubscriptions/{n}");
     match cmd {
         SubscriptionCmd::Create {
@@ -490,40 +464,24 @@ pub async fn run_subscription(cmd: SubscriptionCmd) -> anyhow::Result<()> {
                     None,
                 )
                 .await?;
-            if conn.json {
-                output::json(&v);
-                return Ok(());
-            }
-            output::table(
-                &[
-                    "TIME",
-                    "EVENTS",
-                    "ATTEMPT",
-                    "STATUS",
-                    "OUTCOME",
-                    "LATENCY (MS)",
-                    "RESPONSE",
-                ],
-                v["value"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|a| {
-                        vec![
-                            output::s(&a["time"]),
-                            match a["eventCount"].as_u64().unwrap_or(1) {
-                                1 => output::s(&a["eventId"]),
-                                n => format!("{} (+{} more)", output::s(&a["eventId"]), n - 1),
-                            },
-                            output::s(&a["attempt"]),
-                            output::s(&a["status"]),
-                            output::s(&a["outcome"]),
-                            output::s(&a["latencyMs"]),
-                            output::s(&a["response"]).chars().take(40).collect(),
-                        ]
+            let attempts = v["value"].as_array().cloned().unwrap_or_default();
+            output::print(
+                conn.json,
+                &v,
+                &attempts,
+                Columns::new()
+                    .col("TIME", |a: &Value| output::s(&a["time"]))
+                    .col("EVENTS", |a| match a["eventCount"].as_u64().unwrap_or(1) {
+                        1 => output::s(&a["eventId"]),
+                        n => format!("{} (+{} more)", output::s(&a["eventId"]), n - 1),
                     })
-                    .collect(),
+                    .col("ATTEMPT", |a| output::s(&a["attempt"]))
+                    .col("STATUS", |a| output::s(&a["status"]))
+                    .col("OUTCOME", |a| output::s(&a["outcome"]))
+                    .col("LATENCY (MS)", |a| output::s(&a["latencyMs"]))
+                    .col("RESPONSE", |a| {
+                        output::s(&a["response"]).chars().take(40).collect()
+                    }),
             );
         }
         SubscriptionCmd::Delete { topic, name, conn } => {

@@ -1,13 +1,13 @@
 //! `herald vault ...`
 
 use crate::client::{Client, Conn};
-use crate::output;
+use crate::output::{self, Columns};
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
 
 #[derive(Subcommand)]
-pub enum VaultCmd {
+pub(crate) enum VaultCmd {
     /// Create a vault, served at NAME.<vault base>
     Create {
         name: String,
@@ -43,33 +43,24 @@ pub enum VaultCmd {
 }
 
 fn print_vaults(conn: &Conn, v: &Value, list: &[Value]) {
-    if conn.json {
-        output::json(v);
-        return;
-    }
-    output::table(
-        &[
-            "NAME",
-            "URI",
-            "RETENTION (DAYS)",
-            "PURGE PROTECTION",
-            "RECOVERY LEVEL",
-        ],
-        list.iter()
-            .map(|v| {
-                vec![
-                    output::s(&v["name"]),
-                    output::s(&v["vaultUri"]),
-                    output::s(&v["softDeleteRetentionInDays"]),
-                    output::s(&v["enablePurgeProtection"]),
-                    output::s(&v["recoveryLevel"]),
-                ]
+    output::print(
+        conn.json,
+        v,
+        list,
+        Columns::new()
+            .col("NAME", |v: &Value| output::s(&v["name"]))
+            .col("URI", |v| output::s(&v["vaultUri"]))
+            .col("RETENTION (DAYS)", |v| {
+                output::s(&v["softDeleteRetentionInDays"])
             })
-            .collect(),
+            .col("PURGE PROTECTION", |v| {
+                output::s(&v["enablePurgeProtection"])
+            })
+            .col("RECOVERY LEVEL", |v| output::s(&v["recoveryLevel"])),
     );
 }
 
-pub async fn run(cmd: VaultCmd) -> anyhow::Result<()> {
+pub(crate) async fn run(cmd: VaultCmd) -> anyhow::Result<()> {
     match cmd {
         VaultCmd::Create {
             name,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// Worker group whose jobs this worker runs (webhooks and jobs pick it with runOn)
     #[arg(long, env = "HERALD_WORKER_GROUP")]
     group: String,
@@ -133,7 +133,7 @@ impl JobHost for RemoteHost {
     }
 }
 
-pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -26,8 +26,11 @@ type Start = Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = ()
 /// wakes (for `herald status` and the logs; the duty keeps its own timer),
 /// and the loop itself, which returns when the token is cancelled.
 pub struct Duty {
+    /// The duty's name, as it appears in logs and `herald status`.
     pub name: &'static str,
+    /// Whether one node or every node runs it.
     pub scope: Scope,
+    /// How often the duty wakes (informational; the duty keeps its own timer).
     pub every: Duration,
     start: Start,
 }

@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 /// Where ARM-shaped resource ids are rooted: `/subscriptions/{sub}/resourceGroups/{rg}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArmScope {
+    /// The ARM subscription id in resource ids (a fixed placeholder by default).
     pub subscription_id: String,
+    /// The resource group in resource ids (`herald` by default).
     pub resource_group: String,
 }
 
@@ -21,6 +23,7 @@ impl Default for ArmScope {
 }
 
 impl ArmScope {
+    /// The ARM resource id of a vault: the `topic` of its Key Vault events.
     pub fn vault_topic(&self, vault: &str) -> String {
         format!(
             "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.KeyVault/vaults/{vault}",
@@ -33,13 +36,21 @@ impl ArmScope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventGridEvent {
+    /// Unique id of the event; subscribers use it to spot duplicates.
     pub id: String,
+    /// Full resource path of the event source (for vault events, the vault's ARM id).
     pub topic: String,
+    /// Publisher-defined path of the event's subject (for secret events, the secret name).
     pub subject: String,
+    /// The registered event type, e.g. `Microsoft.KeyVault.SecretNearExpiry`.
     pub event_type: String,
+    /// When the event happened, UTC with seven fractional digits.
     pub event_time: String,
+    /// The event's payload, specific to its type.
     pub data: Value,
+    /// Schema version of `data`, set by the publisher.
     pub data_version: String,
+    /// Schema version of the envelope itself (always `1`).
     pub metadata_version: String,
 }
 
@@ -53,12 +64,16 @@ pub fn event_time(at: DateTime<Utc>) -> String {
 /// The three secret lifecycle facts a vault reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecretEventKind {
+    /// A new version of a secret was created.
     NewVersionCreated,
+    /// A secret's current version is within the vault's near-expiry window of `exp`.
     NearExpiry,
+    /// A secret's current version has passed its `exp`.
     Expired,
 }
 
 impl SecretEventKind {
+    /// The Event Grid event type string for this kind.
     pub fn event_type(self) -> &'static str {
         match self {
             Self::NewVersionCreated => "Microsoft.KeyVault.SecretNewVersionCreated",
@@ -70,12 +85,17 @@ impl SecretEventKind {
 
 /// What a Key Vault event says about one secret version.
 pub struct SecretEventSubject<'a> {
+    /// The vault name.
     pub vault: &'a str,
     /// Versioned object URL, `https://{vault-host}/secrets/{name}/{version}`.
     pub object_url: &'a str,
+    /// The secret name.
     pub name: &'a str,
+    /// The secret version (32 hex characters).
     pub version: &'a str,
+    /// Not-before time of the version, unix seconds.
     pub nbf: Option<i64>,
+    /// Expiry time of the version, unix seconds.
     pub exp: Option<i64>,
 }
 

@@ -8,6 +8,7 @@ use std::fmt;
 pub struct SecretVersion(String);
 
 impl SecretVersion {
+    /// A new random version id.
     pub fn generate() -> Self {
         Self(uuid::Uuid::new_v4().simple().to_string())
     }
@@ -18,6 +19,7 @@ impl SecretVersion {
             .then(|| Self(raw.to_ascii_lowercase()))
     }
 
+    /// The version as 32 lower-case hex characters.
     pub fn as_str(&self) -> &str {
         &self.0
     }

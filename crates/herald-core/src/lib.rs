@@ -1,4 +1,5 @@
 #![warn(unreachable_pub)]
+#![warn(missing_docs)]
 //! Herald's domain types. Everything here is pure: no I/O, no clocks read
 //! implicitly, so the rules can be tested in isolation and reused by every
 //! service crate and both storage engines.

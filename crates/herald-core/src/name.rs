@@ -2,13 +2,16 @@
 
 use std::fmt;
 
+/// A name that failed validation at the edge, with the name as given.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
+    /// A secret name outside 1–127 of `[0-9a-zA-Z-]`.
     #[error("The request URI contains an invalid name: {0}")]
     InvalidSecretName(String),
     #[error(
         "Invalid vault name '{0}': use 3-24 characters, letters, digits and hyphens, starting with a letter and not ending with a hyphen."
     )]
+    /// A vault name that is not a valid 3–24 character DNS label.
     InvalidVaultName(String),
 }
 
@@ -17,6 +20,7 @@ pub enum NameError {
 pub struct SecretName(String);
 
 impl SecretName {
+    /// Validates a secret name as Key Vault does; the caller's spelling is kept.
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         let ok = (1..=127).contains(&raw.len())
             && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
@@ -50,6 +54,7 @@ impl fmt::Display for SecretName {
 pub struct VaultName(String);
 
 impl VaultName {
+    /// Validates a vault name and lower-cases it.
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         let b = raw.as_bytes();
         let ok = (3..=24).contains(&b.len())
@@ -64,6 +69,7 @@ impl VaultName {
         }
     }
 
+    /// The name, lower-case.
     pub fn as_str(&self) -> &str {
         &self.0
     }

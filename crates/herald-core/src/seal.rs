@@ -15,10 +15,13 @@ use zeroize::Zeroizing;
 
 const NONCE_LEN: usize = 24;
 
+/// Why sealing or opening a secret value failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
+    /// The ciphertext does not open: wrong master key, tampered data, or the wrong record.
     #[error("ciphertext does not open under this master key (wrong key or tampered data)")]
     Open,
+    /// The master key could not be read, written or parsed.
     #[error("master key: {0}")]
     Key(String),
 }
@@ -34,6 +37,7 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
+    /// A master key from its 32 raw bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SealError> {
         if bytes.len() != 32 {
             return Err(SealError::Key(format!(
@@ -82,6 +86,7 @@ impl MasterKey {
         (value, wrapped)
     }
 
+    /// Opens a value sealed by [`MasterKey::seal`]: unwraps the data key, then the value.
     pub fn open(
         &self,
         value: &[u8],
@@ -101,6 +106,7 @@ impl MasterKey {
         seal_with(&self.0, plain, aad)
     }
 
+    /// Opens a value sealed by [`MasterKey::seal_direct`].
     pub fn open_direct(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
         Ok(Zeroizing::new(open_with(&self.0, sealed, aad)?))
     }

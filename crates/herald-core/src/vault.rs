@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Shortest soft-delete retention a vault may have, in days.
 pub const MIN_RETENTION_DAYS: i64 = 7;
+/// Longest (and default) soft-delete retention, in days.
 pub const MAX_RETENTION_DAYS: i64 = 90;
 /// Key Vault fires SecretNearExpiry 30 days before `exp`.
 pub const DEFAULT_NEAR_EXPIRY_SECS: i64 = 30 * 24 * 3600;
@@ -11,8 +13,11 @@ pub const DEFAULT_NEAR_EXPIRY_SECS: i64 = 30 * 24 * 3600;
 /// protection are fixed at creation, as in Azure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VaultSettings {
+    /// How long deleted secrets stay recoverable, in days.
     pub retention_days: i64,
+    /// Whether deleted secrets may not be purged before retention ends (cannot be turned off).
     pub purge_protection: bool,
+    /// How many seconds before `exp` SecretNearExpiry fires.
     pub near_expiry_secs: i64,
 }
 
@@ -38,6 +43,7 @@ impl VaultSettings {
         }
     }
 
+    /// Checks the settings are within Key Vault's limits; the error is the API message.
     pub fn validate(&self) -> Result<(), String> {
         if !(MIN_RETENTION_DAYS..=MAX_RETENTION_DAYS).contains(&self.retention_days) {
             return Err(format!(

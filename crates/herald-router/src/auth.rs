@@ -15,22 +15,31 @@ use subtle::ConstantTimeEq;
 /// What the publisher presented.
 #[derive(Debug, Clone)]
 pub enum Credential {
+    /// An access key (`aeg-sas-key` header).
     Key(String),
+    /// A SAS token (`aeg-sas-token` header or `Authorization: SharedAccessSignature ...`).
     Sas(String),
 }
 
+/// Why a publisher's credential was refused (HTTP 401).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
+    /// No credential was sent.
     #[error("The request has no access key or SAS token. Send 'aeg-sas-key' or 'aeg-sas-token'.")]
     Missing,
+    /// The access key matches neither of the topic's keys.
     #[error("The access key is not valid for this topic.")]
     BadKey,
+    /// The SAS token cannot be parsed; the text says which part is wrong.
     #[error("The SAS token is malformed: {0}")]
     Malformed(&'static str),
+    /// The SAS signature was made with neither of the topic's keys.
     #[error("The SAS token signature is not valid for this topic.")]
     BadSignature,
+    /// The SAS token's expiry has passed.
     #[error("The SAS token has expired.")]
     Expired,
+    /// The SAS token names a resource other than this topic's publish URL.
     #[error("The SAS token was issued for another resource.")]
     WrongResource,
 }

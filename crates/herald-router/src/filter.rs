@@ -33,13 +33,17 @@ use serde_json::{Map, Number, Value};
 
 /// Spec §5 limits, per subscription.
 pub const MAX_ADVANCED_FILTERS: usize = 25;
+/// Most values across all advanced filters of one subscription.
 pub const MAX_ADVANCED_FILTER_VALUES: usize = 25;
+/// Longest string value in an advanced filter, in characters.
 pub const MAX_STRING_VALUE_CHARS: usize = 512;
 
 /// Which envelope the stored event uses (decides envelope key names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnvelopeKind {
+    /// The Event Grid schema: `eventType`, `subject`, `data`...
     EventGrid,
+    /// CloudEvents 1.0: `type`, `subject`, `data`...
     CloudEvents,
 }
 
@@ -47,98 +51,160 @@ pub enum EnvelopeKind {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventFilter {
+    /// Event types to deliver; absent, empty or `All` means every type.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub included_event_types: Option<Vec<String>>,
+    /// Only events whose subject starts with this prefix.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject_begins_with: Option<String>,
+    /// Only events whose subject ends with this suffix.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject_ends_with: Option<String>,
+    /// Whether the subject prefix and suffix compare case-sensitively (default no).
     #[serde(default)]
     pub is_subject_case_sensitive: bool,
+    /// Whether advanced filters look inside array values (element by element).
     #[serde(default)]
     pub enable_advanced_filtering_on_arrays: bool,
+    /// Advanced filters, all of which must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub advanced_filters: Vec<AdvancedFilter>,
 }
 
 /// One advanced filter, tagged by `operatorType` exactly as Azure spells it. Number
 /// values stay `serde_json::Number` so they serialize back as they came in.
+/// String operators compare case-insensitively.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "operatorType")]
 pub enum AdvancedFilter {
+    /// Matches when the number at `key` is one of `values`.
     NumberIn {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The numbers to match.
         values: Vec<Number>,
     },
+    /// Matches when the number at `key` is none of `values`.
     NumberNotIn {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The numbers to exclude.
         values: Vec<Number>,
     },
+    /// Matches when the number at `key` is below `value`.
     NumberLessThan {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The bound (exclusive).
         value: Number,
     },
+    /// Matches when the number at `key` is above `value`.
     NumberGreaterThan {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The bound (exclusive).
         value: Number,
     },
+    /// Matches when the number at `key` is at most `value`.
     NumberLessThanOrEquals {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The bound (inclusive).
         value: Number,
     },
+    /// Matches when the number at `key` is at least `value`.
     NumberGreaterThanOrEquals {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The bound (inclusive).
         value: Number,
     },
-    /// Inclusive `[lo, hi]` pairs.
+    /// Matches when the number at `key` lies in one of the ranges in `values`
+    /// (inclusive `[lo, hi]` pairs).
     NumberInRange {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The `[lo, hi]` ranges, inclusive at both ends.
         values: Vec<[Number; 2]>,
     },
+    /// Matches when the number at `key` lies in none of the ranges in `values`.
     NumberNotInRange {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The `[lo, hi]` ranges to exclude, inclusive at both ends.
         values: Vec<[Number; 2]>,
     },
+    /// Matches when the boolean at `key` equals `value`.
     BoolEquals {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The boolean to match.
         value: bool,
     },
+    /// Matches when the string at `key` equals one of `values` (case-insensitive).
     StringIn {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The strings to match.
         values: Vec<String>,
     },
+    /// Matches when the string at `key` equals none of `values` (case-insensitive).
     StringNotIn {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The strings to exclude.
         values: Vec<String>,
     },
+    /// Matches when the string at `key` begins with one of `values`.
     StringBeginsWith {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The prefixes to match.
         values: Vec<String>,
     },
+    /// Matches when the string at `key` begins with none of `values`.
     StringNotBeginsWith {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The prefixes to exclude.
         values: Vec<String>,
     },
+    /// Matches when the string at `key` ends with one of `values`.
     StringEndsWith {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The suffixes to match.
         values: Vec<String>,
     },
+    /// Matches when the string at `key` ends with none of `values`.
     StringNotEndsWith {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The suffixes to exclude.
         values: Vec<String>,
     },
+    /// Matches when the string at `key` contains one of `values`.
     StringContains {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The substrings to match.
         values: Vec<String>,
     },
+    /// Matches when the string at `key` contains none of `values`.
     StringNotContains {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
+        /// The substrings to exclude.
         values: Vec<String>,
     },
+    /// Matches when `key` is absent or null.
     IsNullOrUndefined {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
     },
+    /// Matches when `key` is present and not null.
     IsNotNull {
+        /// The event field to test: a top-level key or a dotted path such as `data.color`.
         key: String,
     },
 }

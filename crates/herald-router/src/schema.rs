@@ -47,8 +47,11 @@ pub mod codes {
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InputSchemaKind {
+    /// Event Grid events: `[{"id", "eventType", "subject", "eventTime", "data", ...}]`.
     EventGridSchema,
+    /// CloudEvents 1.0, structured, batched or binary mode.
     CloudEventSchemaV1_0,
+    /// Any JSON objects, mapped onto the Event Grid envelope by an `inputSchemaMapping`.
     CustomEventSchema,
 }
 
@@ -56,8 +59,11 @@ pub enum InputSchemaKind {
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DeliverySchema {
+    /// Deliver Event Grid envelopes.
     EventGridSchema,
+    /// Deliver CloudEvents 1.0.
     CloudEventSchemaV1_0,
+    /// Deliver each event as it was published (custom topics only).
     CustomInputSchema,
 }
 
@@ -67,8 +73,10 @@ pub enum DeliverySchema {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MappingField {
+    /// The input field (a dotted path) the envelope field is taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_field: Option<String>,
+    /// The value used when the input has no such field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_value: Option<String>,
 }
@@ -77,16 +85,22 @@ pub struct MappingField {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MappingProperties {
+    /// Where the event `id` comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<MappingField>,
+    /// Where the event `topic` comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<MappingField>,
+    /// Where `eventTime` comes from (the publish time when unmapped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_time: Option<MappingField>,
+    /// Where `eventType` comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_type: Option<MappingField>,
+    /// Where `subject` comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<MappingField>,
+    /// Where `dataVersion` comes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_version: Option<MappingField>,
 }
@@ -99,6 +113,7 @@ pub struct InputSchemaMapping {
     /// Always `"Json"` in Azure; kept as sent so the JSON round-trips.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema_mapping_type: Option<String>,
+    /// The envelope fields' mappings.
     #[serde(default)]
     pub properties: MappingProperties,
 }
@@ -166,7 +181,9 @@ pub fn stored_envelope(input: &InputSchemaKind) -> EnvelopeKind {
 /// One accepted event, ready to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishedEvent {
+    /// The event id.
     pub id: String,
+    /// The event type (`eventType`, or CloudEvents `type`).
     pub event_type: String,
     /// `""` for a CloudEvent without `subject`.
     pub subject: String,
@@ -186,7 +203,12 @@ pub struct PublishedEvent {
 pub enum PublishError {
     /// HTTP 400. `code` is one of [`codes`].
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest {
+        /// The error detail code, one of [`codes`].
+        code: &'static str,
+        /// What is wrong, naming the event index and property.
+        message: String,
+    },
     /// HTTP 413.
     #[error("{0}")]
     TooLarge(String),

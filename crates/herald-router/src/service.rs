@@ -21,22 +21,31 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast};
 
+/// What a router operation can refuse or fail with; each maps to one Event Grid error.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
+    /// No topic by that name.
     #[error("Topic '{0}' was not found.")]
     TopicNotFound(String),
+    /// No event subscription by that name on the topic.
     #[error("Event subscription '{0}' was not found.")]
     SubscriptionNotFound(String),
+    /// The name is taken by another topic (a vault's system topic included).
     #[error("The name '{0}' is already used by a topic.")]
     TopicExists(String),
+    /// The request breaks one of Event Grid's rules; the message says which.
     #[error("{0}")]
     BadRequest(String),
+    /// The publisher's access key or SAS token was missing or not valid.
     #[error("{0}")]
     Unauthorized(#[from] AuthError),
+    /// The operation is not allowed on this topic or subscription (e.g. publishing to a system topic).
     #[error("{0}")]
     Forbidden(String),
+    /// The published events were refused (bad shape, too large, wrong content type).
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// Storage or crypto failed; not the caller's fault.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -47,22 +56,28 @@ impl From<herald_storage::StorageError> for RouterError {
     }
 }
 
+/// The result of a router operation.
 pub type RouterResult<T> = Result<T, RouterError>;
 
 /// A topic with its parsed settings and its keys opened.
 #[derive(Debug, Clone)]
 pub struct TopicInfo {
+    /// The topic as stored.
     pub record: TopicRecord,
+    /// The schema publishers must use.
     pub input: InputSchemaKind,
+    /// For `CustomEventSchema` topics, how input fields map onto the Event Grid envelope.
     pub mapping: Option<InputSchemaMapping>,
     keys: [String; 2],
 }
 
 impl TopicInfo {
+    /// Whether this is a vault's system topic (events come from the vault, not publishers).
     pub fn is_system(&self) -> bool {
         self.record.kind == "system"
     }
 
+    /// The topic name.
     pub fn name(&self) -> &str {
         &self.record.name
     }
@@ -79,7 +94,9 @@ impl TopicInfo {
 /// A subscription with its parsed properties.
 #[derive(Debug, Clone)]
 pub struct Subscription {
+    /// The event subscription as stored.
     pub record: SubscriptionRecord,
+    /// Its destination, filter, schema, retry policy and dead-letter settings.
     pub properties: SubscriptionProperties,
 }
 
@@ -87,7 +104,9 @@ pub struct Subscription {
 /// event (`sendDeletionEvent`), captured before the delete.
 #[derive(Debug, Clone)]
 pub struct DeletedSubscription {
+    /// The topic the subscription belonged to.
     pub topic: Arc<TopicInfo>,
+    /// The subscription as it was before the delete.
     pub subscription: Subscription,
     /// The active signing secrets; the delete removes them with the row.
     pub signing_secrets: Vec<String>,
@@ -96,25 +115,36 @@ pub struct DeletedSubscription {
 /// One event handed to a pull receiver, in the wire shape of `:receive`.
 #[derive(Debug, serde::Serialize)]
 pub struct Received {
+    /// The lock token and delivery count of this receive.
     #[serde(rename = "brokerProperties")]
     pub broker: BrokerProperties,
     /// Rendered text, so `data` keeps its exact bytes.
     pub event: Box<serde_json::value::RawValue>,
 }
 
+/// Broker state of a received event (`brokerProperties` on the wire).
 #[derive(Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerProperties {
+    /// Token to acknowledge, release, reject or renew the lock with.
     pub lock_token: String,
+    /// How many times the event has been handed out, this time included.
     pub delivery_count: i64,
 }
 
 /// Pull operations that settle locked events.
 #[derive(Debug, Clone, Copy)]
 pub enum Settle {
+    /// Delivered: delete the event from the subscription.
     Acknowledge,
-    Release { delay_seconds: i64 },
+    /// Give the event back for redelivery after `delay_seconds`.
+    Release {
+        /// Seconds before the event can be received again (the API allows 0, 10, 60, 600 or 3600).
+        delay_seconds: i64,
+    },
+    /// Dead-letter the event.
     Reject,
+    /// Keep the lock for another lock duration.
     RenewLock,
 }
 
@@ -130,10 +160,12 @@ type TopicCache = HashMap<String, (Arc<TopicInfo>, Instant)>;
 
 const TOPIC_TTL: Duration = Duration::from_secs(5);
 
+/// Whether a topic name is 3–50 letters, digits and hyphens.
 pub fn valid_topic_name(name: &str) -> bool {
     (3..=50).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// Whether an event subscription name is 3–64 letters, digits and hyphens.
 pub fn valid_subscription_name(name: &str) -> bool {
     (3..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
@@ -162,6 +194,8 @@ fn key_aad(topic_id: &str, slot: u8) -> Vec<u8> {
     format!("topic-key/{topic_id}/{slot}").into_bytes()
 }
 
+/// The event router (Event Grid): topics and their keys, publishing into the
+/// event log, event subscriptions with filters, pull delivery and dead letters.
 #[derive(Clone)]
 pub struct RouterService {
     storage: Arc<dyn Storage>,
@@ -175,6 +209,7 @@ pub struct RouterService {
 }
 
 impl RouterService {
+    /// A router over `storage`; topic keys are sealed under `master`.
     pub fn new(storage: Arc<dyn Storage>, master: MasterKey, scope: ArmScope) -> Self {
         Self {
             storage,
@@ -191,6 +226,7 @@ impl RouterService {
         self.deletions.subscribe()
     }
 
+    /// The ARM resource id of a custom topic.
     pub fn topic_arm_id(&self, name: &str) -> String {
         format!(
             "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.EventGrid/topics/{name}",
@@ -223,6 +259,7 @@ impl RouterService {
 
     // ---- topics ----
 
+    /// Creates a custom topic with two fresh access keys.
     pub async fn create_topic(
         &self,
         name: &str,
@@ -329,10 +366,12 @@ impl RouterService {
         })
     }
 
+    /// Every topic, vault system topics included.
     pub async fn list_topics(&self) -> RouterResult<Vec<TopicRecord>> {
         Ok(self.storage.list_topics().await?)
     }
 
+    /// Deletes a custom topic and its event subscriptions; system topics go with their vault.
     pub async fn delete_topic(&self, name: &str) -> RouterResult<()> {
         let topic = self.topic(name).await?;
         if topic.is_system() {
@@ -348,10 +387,12 @@ impl RouterService {
         Ok(())
     }
 
+    /// The topic's two access keys, `key1` and `key2`.
     pub async fn keys(&self, name: &str) -> RouterResult<[String; 2]> {
         Ok(self.topic(name).await?.keys.clone())
     }
 
+    /// Replaces `key1` or `key2` with a fresh key; returns both keys.
     pub async fn regenerate_key(&self, name: &str, key_name: &str) -> RouterResult<[String; 2]> {
         let slot = match key_name {
             "key1" => 1,
@@ -389,6 +430,7 @@ impl RouterService {
         ]
     }
 
+    /// Checks a publisher's access key or SAS token against the topic's keys.
     pub fn authorize(&self, topic: &TopicInfo, cred: Option<&Credential>) -> RouterResult<()> {
         let cred = cred.ok_or(AuthError::Missing)?;
         auth::verify(
@@ -485,6 +527,7 @@ impl RouterService {
         Ok(None)
     }
 
+    /// Parses a stored subscription's properties.
     pub fn parse_sub(record: SubscriptionRecord) -> RouterResult<Subscription> {
         let properties = serde_json::from_str(&record.config).map_err(|e| {
             anyhow::anyhow!("subscription {} has corrupt properties: {e}", record.name)
@@ -492,6 +535,7 @@ impl RouterService {
         Ok(Subscription { record, properties })
     }
 
+    /// Creates or replaces an event subscription; the flag says whether it was created.
     pub async fn put_subscription(
         &self,
         topic_name: &str,
@@ -553,6 +597,7 @@ impl RouterService {
         Ok((Subscription { record, properties }, created))
     }
 
+    /// One event subscription, with its topic.
     pub async fn subscription(
         &self,
         topic_name: &str,
@@ -570,6 +615,7 @@ impl RouterService {
         Ok((topic, Self::parse_sub(record)?))
     }
 
+    /// Every event subscription on a topic.
     pub async fn list_subscriptions(&self, topic_name: &str) -> RouterResult<Vec<Subscription>> {
         let topic = self.topic(topic_name).await?;
         self.storage
@@ -580,6 +626,8 @@ impl RouterService {
             .collect()
     }
 
+    /// Deletes an event subscription (announcing it on [`RouterService::deletions`]
+    /// when it asked for a SubscriptionDeletion event).
     pub async fn delete_subscription(&self, topic_name: &str, name: &str) -> RouterResult<()> {
         let topic = self.topic(topic_name).await?;
         let notice = match self.subscription(topic_name, name).await {
@@ -747,6 +795,8 @@ impl RouterService {
         }
     }
 
+    /// Acknowledges, releases, rejects or renews locked events of a Queue
+    /// subscription; one result per lock token.
     pub async fn settle(
         &self,
         topic_name: &str,
@@ -779,6 +829,7 @@ impl RouterService {
             .await?)
     }
 
+    /// A page of a subscription's dead-lettered events, after the id `after_id`.
     pub async fn dead_letters(
         &self,
         topic_name: &str,
@@ -849,6 +900,8 @@ impl RouterService {
         Ok(out)
     }
 
+    /// Puts the dead-lettered events `ids` back on the subscription's queue
+    /// for delivery; returns how many were replayed.
     pub async fn replay_dead_letters(
         &self,
         sub: &Subscription,
@@ -860,6 +913,8 @@ impl RouterService {
             .await?)
     }
 
+    /// A page of the delivery log: push attempts, optionally only those that
+    /// carried `event_id`.
     pub async fn attempts(
         &self,
         sub: &Subscription,
@@ -888,6 +943,7 @@ impl RouterService {
             .collect())
     }
 
+    /// The subscription's counters (matched, delivered, dead-lettered, backlog...).
     pub async fn subscription_metrics(
         &self,
         sub: &Subscription,

@@ -6,16 +6,22 @@ use crate::schema::{DeliverySchema, InputSchemaKind, compatible};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Most labels an event subscription may carry.
 pub const MAX_LABELS: usize = 10;
 
+/// Where and how a push subscription posts events (`destination.properties`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WebHookProperties {
+    /// The HTTPS URL events are posted to (validated by handshake before delivery starts).
     pub endpoint_url: String,
+    /// Most events in one POST (default 1).
     #[serde(default = "one")]
     pub max_events_per_batch: u32,
+    /// Target size of one POST in KiB (default 64).
     #[serde(default = "sixty_four")]
     pub preferred_batch_size_in_kilobytes: u32,
+    /// Extra HTTP headers on each delivery: static values, event fields or vault secret references.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub delivery_attribute_mappings: Vec<Value>,
 }
@@ -27,19 +33,25 @@ fn sixty_four() -> u32 {
     64
 }
 
+/// Where a push subscription delivers, tagged by `endpointType`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "endpointType", content = "properties")]
 pub enum Destination {
+    /// HTTP POSTs to a webhook endpoint.
     WebHook(WebHookProperties),
 }
 
+/// Pull-delivery settings of a Queue subscription.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueSettings {
+    /// How long a received event stays locked before it is handed out again (default 60).
     #[serde(default = "lock_default")]
     pub receive_lock_duration_in_seconds: i64,
+    /// Receives after which an unsettled event is dead-lettered (default 10).
     #[serde(default = "max_count_default")]
     pub max_delivery_count: i64,
+    /// How long an event waits to be received, as an ISO-8601 duration (default `P1D`).
     #[serde(default = "ttl_default")]
     pub event_time_to_live: String,
 }
@@ -64,19 +76,25 @@ impl Default for QueueSettings {
     }
 }
 
+/// `deliveryConfiguration`: present on pull (Queue) subscriptions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryConfiguration {
+    /// Always `Queue`.
     pub delivery_mode: String,
+    /// The queue's lock, delivery count and time-to-live settings.
     #[serde(default)]
     pub queue: QueueSettings,
 }
 
+/// How long a push subscription keeps retrying an event before dead-lettering it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
+    /// Delivery attempts before the event is dead-lettered (default 30).
     #[serde(default = "attempts_default")]
     pub max_delivery_attempts: i64,
+    /// Minutes after which an undelivered event is dead-lettered (default 1440).
     #[serde(default = "ttl_minutes_default")]
     pub event_time_to_live_in_minutes: i64,
 }
@@ -101,8 +119,10 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FiltersConfiguration {
+    /// Event types to deliver; absent or empty means all.
     #[serde(default)]
     pub included_event_types: Option<Vec<String>>,
+    /// Advanced filters, all of which must match.
     #[serde(default)]
     pub filters: Vec<crate::filter::AdvancedFilter>,
 }
@@ -111,14 +131,23 @@ pub struct FiltersConfiguration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SubscriptionInput {
+    /// The webhook to push to; absent for Queue subscriptions.
     pub destination: Option<Destination>,
+    /// Makes the subscription a pull (Queue) subscription.
     pub delivery_configuration: Option<DeliveryConfiguration>,
+    /// Which events the subscription takes.
     pub filter: Option<EventFilter>,
+    /// Namespace-style filters, folded into `filter`.
     pub filters_configuration: Option<FiltersConfiguration>,
+    /// The envelope events are delivered in; defaults from the topic's input schema.
     pub event_delivery_schema: Option<DeliverySchema>,
+    /// Retry limits for push delivery.
     pub retry_policy: Option<RetryPolicy>,
+    /// Azure's `deadLetterDestination` (StorageBlob): where dead-lettered events are also written.
     pub dead_letter_destination: Option<Value>,
+    /// When the subscription expires and is deleted, RFC 3339.
     pub expiration_time_utc: Option<String>,
+    /// Free-form labels (at most [`MAX_LABELS`]).
     pub labels: Option<Vec<String>>,
     /// Herald extension: a Standard Webhooks secret (`whsec_...`). Stored
     /// sealed, apart from the properties, and never echoed.
@@ -132,17 +161,25 @@ pub struct SubscriptionInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionProperties {
+    /// The webhook pushed to; absent for Queue subscriptions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub destination: Option<Destination>,
+    /// Present on pull (Queue) subscriptions.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_configuration: Option<DeliveryConfiguration>,
+    /// Which events the subscription takes (filtersConfiguration folded in).
     pub filter: EventFilter,
+    /// The envelope events are delivered in.
     pub event_delivery_schema: DeliverySchema,
+    /// Retry limits for push delivery.
     pub retry_policy: RetryPolicy,
+    /// Where dead-lettered events are also written, if anywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_destination: Option<Value>,
+    /// When the subscription expires, RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expiration_time_utc: Option<String>,
+    /// Free-form labels.
     #[serde(default)]
     pub labels: Vec<String>,
     /// Herald extension: announce the deletion to the webhook, once.
@@ -151,6 +188,7 @@ pub struct SubscriptionProperties {
 }
 
 impl SubscriptionProperties {
+    /// Whether events are pulled (Queue) rather than pushed to a webhook.
     pub fn is_queue(&self) -> bool {
         self.delivery_configuration.is_some()
     }
@@ -163,6 +201,7 @@ impl SubscriptionProperties {
             .unwrap_or_default()
     }
 
+    /// The expiration time, parsed; `None` when absent or unparsable.
     pub fn expires_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         self.expiration_time_utc
             .as_deref()

@@ -48,6 +48,7 @@ impl VaultService {
         }
     }
 
+    /// Purges every soft-deleted secret whose scheduled purge date has passed; returns how many.
     pub async fn sweep_purges(&self) -> anyhow::Result<usize> {
         let purged = self.storage().purge_due(Utc::now().timestamp()).await?;
         for (vault, name) in &purged {

@@ -17,9 +17,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Largest secret value Key Vault accepts, in bytes (25 KiB).
 pub const MAX_VALUE_BYTES: usize = 25 * 1024;
+/// Longest `contentType` a secret version may carry.
 pub const MAX_CONTENT_TYPE: usize = 255;
+/// Most tags a secret version may carry.
 pub const MAX_TAGS: usize = 15;
+/// Longest tag name or value.
 pub const MAX_TAG_LEN: usize = 512;
 /// The vault that answers on `localhost` and IP hosts.
 pub const DEFAULT_VAULT: &str = "default";
@@ -30,29 +34,39 @@ pub enum VaultError {
     #[error(
         "A secret with (name/id) {0} was not found in this key vault. If you recently deleted this secret you may be able to recover it using the correct recovery command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"
     )]
+    /// No live secret (or version) by that name in this vault.
     SecretNotFound(String),
+    /// No soft-deleted secret by that name in this vault.
     #[error("Deleted Secret not found: {0}")]
     DeletedSecretNotFound(String),
+    /// The secret version exists but is disabled, so its value cannot be read.
     #[error("Operation get is not allowed on a disabled secret.")]
     Disabled,
     #[error(
         "Secret {0} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the secret can only be recovered or purged."
     )]
+    /// The name belongs to a soft-deleted secret: recover or purge it before reuse.
     DeletedButRecoverable(String),
     #[error(
         "There was a conflict restoring the secret '{0}'. This can happen if either: a second secret with the same name was created after the first secret was deleted; or the secret was restored after it was recovered. Delete or purge the existing secret and retry."
     )]
+    /// A backup cannot be restored because a secret of that name exists again.
     RestoreConflict(String),
     #[error(
         "Operation \"purge\" is not allowed because purge protection is enabled for this vault. Key Vault service will automatically purge it after the retention period has passed. Vault: {0};location=local"
     )]
+    /// The vault has purge protection, so deleted secrets wait out their retention.
     PurgeProtected(String),
+    /// The request breaks one of Key Vault's rules; the message says which.
     #[error("{0}")]
     BadParameter(String),
+    /// No vault by that name.
     #[error("Vault '{0}' was not found.")]
     VaultNotFound(String),
+    /// A vault by that name already exists.
     #[error("A vault named '{0}' already exists.")]
     VaultExists(String),
+    /// Storage or crypto failed; not the caller's fault.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -63,6 +77,7 @@ impl From<herald_storage::StorageError> for VaultError {
     }
 }
 
+/// The result of a vault operation.
 pub type VaultResult<T> = Result<T, VaultError>;
 
 /// Where vaults are reachable, for ids in events (requests use their own Host).
@@ -70,10 +85,12 @@ pub type VaultResult<T> = Result<T, VaultError>;
 pub struct VaultUrls {
     /// Parent domain of vault hosts, e.g. `vault.localhost`.
     pub base: String,
+    /// HTTPS port vaults are served on (left out of URLs when 443).
     pub port: u16,
 }
 
 impl VaultUrls {
+    /// Host and port of a vault: `NAME.<base>`, or `localhost` for the default vault.
     pub fn authority(&self, vault: &str) -> String {
         let host = if vault == DEFAULT_VAULT {
             "localhost".to_owned()
@@ -87,6 +104,7 @@ impl VaultUrls {
         }
     }
 
+    /// The vault's base URI, `https://<authority>`, as Key Vault reports `vaultUri`.
     pub fn vault_uri(&self, vault: &str) -> String {
         format!("https://{}", self.authority(vault))
     }
@@ -95,21 +113,32 @@ impl VaultUrls {
 /// Settable attributes of a new version.
 #[derive(Debug, Clone, Default)]
 pub struct NewSecret {
+    /// The secret value, sealed before it is stored.
     pub value: String,
+    /// Free-form hint about the value's format, e.g. `text/plain`.
     pub content_type: Option<String>,
+    /// Tags on the version (at most [`MAX_TAGS`]).
     pub tags: Option<BTreeMap<String, String>>,
+    /// Whether the version can be read; enabled unless `Some(false)`.
     pub enabled: Option<bool>,
+    /// Not-before time, unix seconds.
     pub nbf: Option<i64>,
+    /// Expiry time, unix seconds; drives SecretNearExpiry and SecretExpired events.
     pub exp: Option<i64>,
 }
 
 /// Requested metadata changes; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct SecretUpdate {
+    /// New content type.
     pub content_type: Option<String>,
+    /// New tags, replacing the old ones.
     pub tags: Option<BTreeMap<String, String>>,
+    /// Enable or disable the version.
     pub enabled: Option<bool>,
+    /// New not-before time, unix seconds.
     pub nbf: Option<i64>,
+    /// New expiry time, unix seconds.
     pub exp: Option<i64>,
 }
 
@@ -137,6 +166,9 @@ struct BackupVersion {
 const BACKUP_MAGIC: &[u8] = b"HRDB1";
 const BACKUP_AAD: &[u8] = b"herald-secret-backup-v1";
 
+/// The Key Vault service: vaults, secret versions sealed under the master key,
+/// soft delete with recovery and purge, backups, and the lifecycle events
+/// they publish to the vault's system topic.
 #[derive(Clone)]
 pub struct VaultService {
     storage: Arc<dyn Storage>,
@@ -250,6 +282,7 @@ fn check_content_type(ct: &Option<String>) -> VaultResult<()> {
 }
 
 impl VaultService {
+    /// A vault service with a one-second read cache.
     pub fn new(
         storage: Arc<dyn Storage>,
         master: MasterKey,
@@ -280,20 +313,24 @@ impl VaultService {
         }
     }
 
+    /// Where vaults are reachable, for ids in events.
     pub fn urls(&self) -> &VaultUrls {
         &self.urls
     }
 
+    /// The ARM scope vault resource ids are rooted in.
     pub fn scope(&self) -> &ArmScope {
         &self.scope
     }
 
+    /// The storage the vaults live in.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
     }
 
     // ---- vaults ----
 
+    /// Creates a vault and its system topic; fails if the name is taken.
     pub async fn create_vault(
         &self,
         name: &VaultName,
@@ -342,6 +379,7 @@ impl VaultService {
         }
     }
 
+    /// Looks a vault up by name (case-insensitive).
     pub async fn vault(&self, name: &str) -> VaultResult<VaultRecord> {
         if name.contains('\0') {
             return Err(VaultError::VaultNotFound(name.replace('\0', "")));
@@ -352,10 +390,12 @@ impl VaultService {
             .ok_or_else(|| VaultError::VaultNotFound(name.to_owned()))
     }
 
+    /// Every vault.
     pub async fn list_vaults(&self) -> VaultResult<Vec<VaultRecord>> {
         Ok(self.storage.list_vaults().await?)
     }
 
+    /// Deletes a vault and everything in it; the default vault cannot be deleted.
     pub async fn delete_vault(&self, name: &str) -> VaultResult<()> {
         if name.eq_ignore_ascii_case(DEFAULT_VAULT) {
             return Err(VaultError::BadParameter(
@@ -402,6 +442,7 @@ impl VaultService {
         )
     }
 
+    /// Decrypts one version's value.
     pub fn open_value(
         &self,
         vault: &VaultRecord,
@@ -419,6 +460,8 @@ impl VaultService {
         String::from_utf8(plain.to_vec()).map_err(|e| VaultError::Internal(e.into()))
     }
 
+    /// Adds a new version of a secret (creating the secret if needed) and
+    /// publishes SecretNewVersionCreated.
     pub async fn set_secret(
         &self,
         vault: &VaultRecord,
@@ -515,6 +558,7 @@ impl VaultService {
         Ok(found)
     }
 
+    /// A page of live secrets with their latest versions, after the key `after`.
     pub async fn list_secrets(
         &self,
         vault: &VaultRecord,
@@ -524,6 +568,7 @@ impl VaultService {
         Ok(self.storage.list_secrets(&vault.id, after, limit).await?)
     }
 
+    /// A page of one secret's versions, after the ordinal `after`.
     pub async fn list_versions(
         &self,
         vault: &VaultRecord,
@@ -537,6 +582,7 @@ impl VaultService {
             .ok_or_else(|| VaultError::SecretNotFound(name.to_string()))
     }
 
+    /// Changes one version's attributes (the latest when `version` is `None`).
     pub async fn update_secret(
         &self,
         vault: &VaultRecord,
@@ -566,6 +612,7 @@ impl VaultService {
         Ok(out)
     }
 
+    /// Soft-deletes a secret: recoverable until the vault's retention ends.
     pub async fn delete_secret(
         &self,
         vault: &VaultRecord,
@@ -583,6 +630,7 @@ impl VaultService {
         Ok(out)
     }
 
+    /// A soft-deleted secret with its latest version.
     pub async fn get_deleted(
         &self,
         vault: &VaultRecord,
@@ -594,6 +642,7 @@ impl VaultService {
             .ok_or_else(|| VaultError::DeletedSecretNotFound(name.to_string()))
     }
 
+    /// A page of soft-deleted secrets, after the key `after`.
     pub async fn list_deleted(
         &self,
         vault: &VaultRecord,
@@ -603,6 +652,7 @@ impl VaultService {
         Ok(self.storage.list_deleted(&vault.id, after, limit).await?)
     }
 
+    /// Brings a soft-deleted secret back, with all its versions.
     pub async fn recover(
         &self,
         vault: &VaultRecord,
@@ -615,6 +665,7 @@ impl VaultService {
         Ok(out)
     }
 
+    /// Deletes a soft-deleted secret for good, unless the vault has purge protection.
     pub async fn purge(&self, vault: &VaultRecord, name: &SecretName) -> VaultResult<()> {
         // Existence first: an unknown name is a 404 even under purge protection.
         self.get_deleted(vault, name).await?;
@@ -630,6 +681,7 @@ impl VaultService {
         Ok(())
     }
 
+    /// Every version of a secret, values included, as one sealed blob (base64url).
     pub async fn backup(&self, vault: &VaultRecord, name: &SecretName) -> VaultResult<String> {
         let (secret, versions) = self
             .storage
@@ -662,6 +714,7 @@ impl VaultService {
         Ok(URL_SAFE_NO_PAD.encode(out))
     }
 
+    /// Restores a secret from a [`VaultService::backup`] blob, with new sealing.
     pub async fn restore(
         &self,
         vault: &VaultRecord,

@@ -54,10 +54,12 @@ impl AutomationService {
         Ok(rec)
     }
 
+    /// Every asset: variables and credentials.
     pub async fn assets(&self) -> Result<Vec<AssetRecord>> {
         Ok(self.store().list_assets().await?)
     }
 
+    /// One asset, a `variable` or a `credential`.
     pub async fn asset(&self, kind: &str, name: &str) -> Result<AssetRecord> {
         key_of(
             if kind == "credential" {
@@ -82,6 +84,7 @@ impl AutomationService {
             })
     }
 
+    /// Deletes a variable or credential.
     pub async fn delete_asset(&self, kind: &str, name: &str) -> Result<()> {
         key_of("asset", name)?;
         if !self.store().delete_asset(&asset_key(kind, name)).await? {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 impl AutomationService {
+    /// One job by id.
     pub async fn job(&self, id: &str) -> Result<JobRecord> {
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(not_found("job", id));
@@ -16,14 +17,17 @@ impl AutomationService {
             .ok_or_else(|| not_found("job", id))
     }
 
+    /// Jobs matching `filter` (status, runbook, how many).
     pub async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         Ok(self.store().list_jobs(filter).await?)
     }
 
+    /// The id of the runbook named `name`.
     pub async fn runbook_id(&self, name: &str) -> Result<String> {
         Ok(self.runbook(name).await?.id)
     }
 
+    /// A job's status history, oldest first.
     pub async fn transitions(&self, id: &str) -> Result<Vec<JobTransition>> {
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(not_found("job", id));
@@ -31,10 +35,13 @@ impl AutomationService {
         Ok(self.store().job_transitions(id).await?)
     }
 
+    /// How many jobs there are in each status.
     pub async fn count_jobs_by_status(&self) -> Result<Vec<(String, i64)>> {
         Ok(self.store().count_jobs_by_status().await?)
     }
 
+    /// A page of a job's stream records after the sequence number `after`,
+    /// optionally of one stream only.
     pub async fn records(
         &self,
         id: &str,
@@ -64,6 +71,7 @@ impl AutomationService {
         Ok(out)
     }
 
+    /// Asks a job to stop: a queued job stops at once, a running one is ended by its worker.
     pub async fn stop_job(&self, id: &str) -> Result<JobRecord> {
         let job = self
             .store()
@@ -84,6 +92,7 @@ impl AutomationService {
         Ok(job)
     }
 
+    /// Queues a Suspended job again.
     pub async fn resume_job(&self, id: &str) -> Result<JobRecord> {
         let job = self.job(id).await?;
         if !self

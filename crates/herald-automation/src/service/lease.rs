@@ -154,6 +154,7 @@ impl AutomationService {
         })
     }
 
+    /// Records that a worker started the job's process; `false` if the worker no longer holds its lease.
     pub async fn mark_running(&self, id: &str, worker: &str, sandbox: &str) -> Result<bool> {
         let ok = self
             .store()
@@ -202,6 +203,8 @@ impl AutomationService {
             .collect()
     }
 
+    /// Stores a batch of a job's records (masked, within the job's stream cap);
+    /// returns the last sequence number.
     pub async fn append(&self, id: &str, records: &[ReportedRecord]) -> Result<i64> {
         let stored = self.to_stored(id, records);
         let seq = self
@@ -261,6 +264,7 @@ impl AutomationService {
         Ok(done)
     }
 
+    /// Lets a stop request end a job this node runs at once.
     pub fn register_local_stop(&self, id: &str, stop: CancellationToken) {
         self.inner
             .local_stops
@@ -269,6 +273,7 @@ impl AutomationService {
             .insert(id.to_owned(), stop);
     }
 
+    /// Drops the stop signal of a job this node no longer runs.
     pub fn forget_local_stop(&self, id: &str) {
         self.inner
             .local_stops
@@ -339,6 +344,7 @@ impl AutomationService {
         }
     }
 
+    /// Records that a worker of `group` is alive, for `herald status`.
     pub async fn touch_worker(
         &self,
         id: &str,
@@ -358,6 +364,7 @@ impl AutomationService {
         Ok(())
     }
 
+    /// The workers seen in the last two minutes.
     pub async fn workers(&self) -> Result<Vec<WorkerRecord>> {
         Ok(self.store().list_workers(now_ms() - 120_000).await?)
     }

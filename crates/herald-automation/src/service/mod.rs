@@ -32,23 +32,41 @@ pub const IDEMPOTENCY_MS: i64 = 24 * 3600 * 1000;
 /// 1 MiB by the runner.
 pub const JOB_STREAM_BYTES: i64 = 6 * 1024 * 1024 + 64 * 1024;
 
+/// What an automation operation can refuse or fail with; each maps to one HTTP error.
 #[derive(Debug, thiserror::Error)]
 pub enum AutomationError {
+    /// The request breaks a rule (a name, a parameter, a setting); the message says which.
     #[error("{0}")]
     Invalid(String),
+    /// No runbook, webhook, job or asset by that name.
     #[error("{what} '{name}' was not found")]
-    NotFound { what: &'static str, name: String },
+    NotFound {
+        /// What was looked for (`runbook`, `webhook`, `job`...).
+        what: &'static str,
+        /// The name or id looked for.
+        name: String,
+    },
+    /// The operation clashes with the current state (e.g. a name in use, a job already ended).
     #[error("{0}")]
     Conflict(String),
     /// A webhook call that must be refused with a 400 and this code.
     #[error("{message}")]
-    Webhook { code: &'static str, message: String },
+    Webhook {
+        /// The error code in the response body, e.g. `WebhookDisabled`.
+        code: &'static str,
+        /// What is wrong with the call.
+        message: String,
+    },
+    /// The runbook (or its published version) behind a webhook or job no longer exists.
     #[error("{0}")]
     RunbookGone(String),
+    /// The caller is not allowed to do this.
     #[error("{0}")]
     Forbidden(String),
+    /// Storage failed.
     #[error("storage: {0}")]
     Storage(#[from] herald_storage::StorageError),
+    /// Something that should not happen (corrupt data, crypto); not the caller's fault.
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -59,6 +77,7 @@ impl From<Invalid> for AutomationError {
     }
 }
 
+/// The result of an automation operation.
 pub type Result<T, E = AutomationError> = std::result::Result<T, E>;
 
 fn not_found(what: &'static str, name: &str) -> AutomationError {
@@ -68,10 +87,12 @@ fn not_found(what: &'static str, name: &str) -> AutomationError {
     }
 }
 
+/// The current time, unix milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// SHA-256 of a webhook token, hex: what is stored and looked up instead of the token.
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -83,6 +104,7 @@ pub fn new_webhook_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
+/// Server-wide automation settings.
 #[derive(Debug, Clone)]
 pub struct AutomationSettings {
     /// `https://host:port` clients reach; webhook URLs are built on it.
@@ -91,6 +113,7 @@ pub struct AutomationSettings {
     pub lease: Duration,
     /// Restarts after a lost worker before a job is Suspended.
     pub max_restarts: i64,
+    /// How long ended jobs and their streams are kept.
     pub job_retention: Duration,
 }
 
@@ -113,16 +136,23 @@ pub struct JobChanged(pub Arc<str>);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LeasedJob {
+    /// The job's id.
     pub job_id: String,
+    /// The runbook's name.
     pub runbook: String,
+    /// The runbook's language.
     pub kind: RunbookKind,
+    /// The published runbook content to run.
     pub script: String,
     /// The JSON written to `$HERALD_JOB_INPUT`.
     pub input: String,
     /// Job-scoped token for the vault and assets, valid for this lease.
     pub token: String,
+    /// Seconds the job may run before it is killed.
     pub timeout_seconds: u64,
+    /// Whether the job's sandbox keeps network access.
     pub allow_network: bool,
+    /// Memory limit of the job's process, in MiB.
     pub memory_limit_mb: u64,
     /// Values the worker masks in every record (secure parameters).
     pub masks: Vec<String>,
@@ -131,14 +161,18 @@ pub struct LeasedJob {
 /// A job who called with its token.
 #[derive(Debug, Clone)]
 pub struct JobPrincipal {
+    /// The job's id.
     pub job_id: String,
+    /// The name of the job's runbook.
     pub runbook: String,
+    /// What the runbook's jobs may do in vaults.
     pub permissions: Vec<Permission>,
 }
 
 /// What a webhook call produced.
 #[derive(Debug, Clone)]
 pub struct Invoked {
+    /// The queued job's id.
     pub job_id: String,
     /// True when an Idempotency-Key matched an earlier call.
     pub replayed: bool,
@@ -147,10 +181,14 @@ pub struct Invoked {
 /// A record a worker reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReportedRecord {
+    /// The stream name (`Output`, `Error`, `Warning`, ...).
     pub stream: String,
+    /// The record's text.
     pub text: String,
+    /// A structured value with the record, if any.
     #[serde(default)]
     pub value: Option<Value>,
+    /// When the record was written, unix milliseconds (the server's time when absent).
     #[serde(default)]
     pub time: Option<i64>,
 }
@@ -161,10 +199,13 @@ pub struct ReportedRecord {
 pub struct JobReport {
     /// Completed, Failed, Stopped, or TimedOut.
     pub outcome: String,
+    /// Why the job ended that way, for its status details.
     #[serde(default)]
     pub details: String,
+    /// The process's exit code, when it exited.
     #[serde(default)]
     pub exit_code: Option<i64>,
+    /// Records not yet sent.
     #[serde(default)]
     pub records: Vec<ReportedRecord>,
 }
@@ -186,12 +227,16 @@ struct Inner {
     version_cache: Mutex<HashMap<(String, i64), Frozen>>,
 }
 
+/// The Automation service: runbooks and their published versions, token
+/// webhooks that start them, jobs leased to workers, their streams, and
+/// assets (variables and credentials).
 #[derive(Clone)]
 pub struct AutomationService {
     inner: Arc<Inner>,
 }
 
 impl AutomationService {
+    /// An automation service over `storage`; secure values are sealed under `master`.
     pub fn new(storage: Arc<dyn Storage>, master: MasterKey, settings: AutomationSettings) -> Self {
         let (changes, _) = broadcast::channel(4096);
         Self {
@@ -208,6 +253,7 @@ impl AutomationService {
         }
     }
 
+    /// The server-wide settings.
     pub fn settings(&self) -> &AutomationSettings {
         &self.inner.settings
     }
@@ -216,6 +262,7 @@ impl AutomationService {
         &*self.inner.storage
     }
 
+    /// Announces every job change on this node (status changes and new records), for waiters.
     pub fn subscribe(&self) -> broadcast::Receiver<JobChanged> {
         self.inner.changes.subscribe()
     }
@@ -224,6 +271,7 @@ impl AutomationService {
         let _ = self.inner.changes.send(JobChanged(job_id.into()));
     }
 
+    /// The signal idle workers of `group` wait on for newly queued jobs.
     pub fn queue_signal(&self, group: &str) -> Arc<Notify> {
         let mut map = self.inner.queued.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(group.to_owned()).or_default().clone()

@@ -66,6 +66,7 @@ impl AutomationService {
         Ok(rb)
     }
 
+    /// One runbook by name.
     pub async fn runbook(&self, name: &str) -> Result<RunbookRecord> {
         self.store()
             .runbook(&key_of("runbook", name)?)
@@ -73,6 +74,7 @@ impl AutomationService {
             .ok_or_else(|| not_found("runbook", name))
     }
 
+    /// Every runbook.
     pub async fn list_runbooks(&self) -> Result<Vec<RunbookRecord>> {
         Ok(self.store().list_runbooks().await?)
     }
@@ -114,6 +116,7 @@ impl AutomationService {
         Ok(rb)
     }
 
+    /// Replaces the runbook's draft content; publish it to run it.
     pub async fn set_draft_content(&self, name: &str, content: String) -> Result<RunbookRecord> {
         if content.len() > MAX_CONTENT {
             return Err(AutomationError::Invalid(
@@ -125,6 +128,7 @@ impl AutomationService {
         self.update_runbook(name, &body).await
     }
 
+    /// Publishes the draft as the next version; returns the version number.
     pub async fn publish_runbook(&self, name: &str) -> Result<i64> {
         let v = self
             .store()
@@ -149,6 +153,7 @@ impl AutomationService {
         }
     }
 
+    /// Deletes a runbook and its webhooks.
     pub async fn delete_runbook(&self, name: &str) -> Result<()> {
         if !self
             .store()

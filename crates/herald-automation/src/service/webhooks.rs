@@ -133,6 +133,7 @@ impl AutomationService {
         }
     }
 
+    /// One webhook by name.
     pub async fn webhook(&self, name: &str) -> Result<WebhookRecord> {
         self.store()
             .webhook(&key_of("webhook", name)?)
@@ -140,6 +141,7 @@ impl AutomationService {
             .ok_or_else(|| not_found("webhook", name))
     }
 
+    /// Every webhook, or those of one runbook.
     pub async fn list_webhooks(&self, runbook: Option<&str>) -> Result<Vec<WebhookRecord>> {
         let id = match runbook {
             Some(r) => Some(self.runbook(r).await?.id),
@@ -212,6 +214,7 @@ impl AutomationService {
         Ok(updated)
     }
 
+    /// Deletes a webhook; its URL stops working.
     pub async fn delete_webhook(&self, name: &str) -> Result<()> {
         if !self
             .store()
