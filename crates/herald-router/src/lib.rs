@@ -4,6 +4,7 @@
 //! API's schemas, event subscriptions with filters, and pull delivery.
 
 pub mod auth;
+pub mod dead_letter;
 mod duties;
 pub mod filter;
 pub mod schema;

@@ -750,8 +750,7 @@ impl RouterService {
                 max: max_events,
                 now_ms: Utc::now().timestamp_millis(),
                 lock_ms: q.receive_lock_duration_in_seconds * 1000,
-                max_delivery_count: q.max_delivery_count,
-                ttl_ms,
+                dead_letter: crate::dead_letter::claim_rule(q.max_delivery_count, ttl_ms),
                 scan_limit: 1000,
             };
             let claimed = self

@@ -6,6 +6,7 @@
 
 mod common;
 
+use herald_router::dead_letter::claim_rule;
 use herald_storage::*;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -87,8 +88,7 @@ fn opts(max: i64, now: i64) -> ClaimOptions {
         max,
         now_ms: now,
         lock_ms: LOCK_MS,
-        max_delivery_count: 10,
-        ttl_ms: DAY_MS,
+        dead_letter: claim_rule(10, DAY_MS),
         scan_limit: 1000,
     }
 }
@@ -549,7 +549,7 @@ async fn queue_claim_and_settle(s: Store) {
 
     // Past the delivery count: dead-lettered instead of handed out.
     let capped = ClaimOptions {
-        max_delivery_count: 2,
+        dead_letter: claim_rule(2, DAY_MS),
         ..opts(10, later + LOCK_MS)
     };
     assert!(

@@ -87,10 +87,9 @@ where
                 now_ms: Utc::now().timestamp_millis(),
                 lock_ms: IN_FLIGHT_LOCK_MS,
                 // Attempts are capped when judging; this is a backstop.
-                max_delivery_count: plan.max_attempts + 1,
                 // Expiry is decided below, so expired retries reach the
                 // dead-letter destination too.
-                ttl_ms: i64::MAX / 4,
+                dead_letter: herald_router::dead_letter::attempts_rule(plan.max_attempts + 1),
                 scan_limit: 0,
             };
             // Only go through the writer when a retry is actually due.

@@ -86,18 +86,35 @@ pub struct LogRow {
 /// Decides whether a log row belongs to a subscription.
 pub type Matcher = Arc<dyn Fn(&LogRow) -> bool + Send + Sync>;
 
+/// Decides whether a message a claim is about to hand out is dead-lettered
+/// instead, and why (the reason the dead letter records). It is given the
+/// log row, how often the message was handed out before (0 for an event
+/// fresh from the log) and the claim's time in unix ms. The rule is the
+/// router's (Event Grid's time to live and delivery count); the store runs
+/// it inside the claim's transaction.
+pub type DeadLetterRule = Arc<dyn Fn(&LogRow, i64, i64) -> Option<&'static str> + Send + Sync>;
+
 /// How one claim of a subscription's queue behaves. Times are unix ms.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClaimOptions {
     pub max: i64,
     pub now_ms: i64,
     pub lock_ms: i64,
-    /// A message handed out this many times is dead-lettered instead.
-    pub max_delivery_count: i64,
-    /// Messages older than this are dead-lettered instead.
-    pub ttl_ms: i64,
+    /// Which messages are dead-lettered instead of handed out.
+    pub dead_letter: DeadLetterRule,
     /// Log rows inspected per claim while looking for matches.
     pub scan_limit: i64,
+}
+
+impl std::fmt::Debug for ClaimOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimOptions")
+            .field("max", &self.max)
+            .field("now_ms", &self.now_ms)
+            .field("lock_ms", &self.lock_ms)
+            .field("scan_limit", &self.scan_limit)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A message locked for a receiver.

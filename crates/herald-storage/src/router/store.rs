@@ -344,7 +344,6 @@ macro_rules! router_store {
                 }
                 let mut bumps = Bumps::new(sub);
                 let mut out = Vec::new();
-                let expired = |row: &LogRow| o.now_ms - row.published_at * 1000 >= o.ttl_ms;
 
                 // Messages already in flight that are due again come first,
                 // in order. SKIP LOCKED: rows another node is claiming or
@@ -368,14 +367,7 @@ macro_rules! router_store {
                     let row: LogRow = sqlx::FromRow::from_row(r)?;
                     let count: i64 = r.try_get("delivery_count")?;
                     let outcome: Option<String> = r.try_get("last_outcome")?;
-                    let reason = if count >= o.max_delivery_count {
-                        Some("MaxDeliveryAttemptsExceeded")
-                    } else if expired(&row) {
-                        Some("TimeToLiveExceeded")
-                    } else {
-                        None
-                    };
-                    if let Some(reason) = reason {
+                    if let Some(reason) = (o.dead_letter)(&row, count, o.now_ms) {
                         dead_letter(
                             tx,
                             &mut bumps,
@@ -451,7 +443,7 @@ macro_rules! router_store {
                     };
                     let mut inserts: Vec<(i64, String)> = Vec::new();
                     let mut scanned = 0;
-                    // Expired matches are dead-lettered, not handed out, so
+                    // Matches the rule dead-letters are not handed out, so
                     // the scan goes on for as many as are still wanted.
                     while (out.len() as i64) < o.max && scanned < o.scan_limit {
                         let want = o.max - out.len() as i64;
@@ -471,16 +463,17 @@ macro_rules! router_store {
                         scanned += read;
                         let mut short = false;
                         for row in std::mem::take(&mut window.rows) {
-                            if expired(&row) {
+                            if let Some(reason) = (o.dead_letter)(&row, 0, o.now_ms) {
                                 short = true;
                                 sqlx::query(
                                     "INSERT INTO dead_letters (subscription_id, seq, body, reason, \
                                  delivery_count, published_at, dead_lettered_at) \
-                                 VALUES ($1, $2, $3, 'TimeToLiveExceeded', 0, $4, $5)",
+                                 VALUES ($1, $2, $3, $4, 0, $5, $6)",
                                 )
                                 .bind(sub)
                                 .bind(row.seq)
                                 .bind(&row.body)
+                                .bind(reason)
                                 .bind(row.published_at)
                                 .bind(o.now_ms / 1000)
                                 .execute(&mut *tx)
@@ -498,7 +491,7 @@ macro_rules! router_store {
                                 last_status: None,
                             });
                         }
-                        // Nothing expired: the scan already went as far as it may.
+                        // Nothing dead-lettered: the scan already went as far as it may.
                         if !short {
                             break;
                         }
