@@ -16,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_core::SecretName;
 use herald_storage::{SecretRecord, VaultRecord, VersionRecord};
 use herald_vault::{DEFAULT_VAULT, NewSecret, SecretUpdate};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -190,74 +190,112 @@ struct BlobBody {
     value: String,
 }
 
-fn attributes(vault: &VaultRecord, v: &VersionRecord) -> Value {
-    let mut a = Map::new();
-    a.insert("enabled".into(), json!(v.enabled));
-    if let Some(nbf) = v.nbf {
-        a.insert("nbf".into(), json!(nbf));
-    }
-    if let Some(exp) = v.exp {
-        a.insert("exp".into(), json!(exp));
-    }
-    a.insert("created".into(), json!(v.created));
-    a.insert("updated".into(), json!(v.updated));
-    a.insert(
-        "recoverableDays".into(),
-        json!(vault.settings.retention_days),
-    );
-    a.insert(
-        "recoveryLevel".into(),
-        json!(vault.settings.recovery_level()),
-    );
-    Value::Object(a)
+/// Key Vault's `SecretAttributes`: times are unix seconds; unset ones are
+/// omitted, as Key Vault omits them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretAttributes {
+    enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<i64>,
+    created: i64,
+    updated: i64,
+    recoverable_days: i64,
+    recovery_level: &'static str,
 }
 
-/// SecretBundle / SecretItem, omitting null fields as Key Vault does.
+/// Key Vault's `SecretBundle` (with a value) and `SecretItem` (without),
+/// and with `deleted` their `DeletedSecretBundle` / `DeletedSecretItem`.
+/// Null fields are omitted, as Key Vault omits them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretBundle {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+    attributes: SecretAttributes,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<Map<String, Value>>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    deleted: Option<Deleted>,
+}
+
+/// What a deleted secret adds to its bundle.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Deleted {
+    recovery_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_date: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_purge_date: Option<i64>,
+}
+
+/// A page of a Key Vault listing: `nextLink` is null on the last page.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Page<T> {
+    value: Vec<T>,
+    next_link: Option<String>,
+}
+
+fn attributes(vault: &VaultRecord, v: &VersionRecord) -> SecretAttributes {
+    SecretAttributes {
+        enabled: v.enabled,
+        nbf: v.nbf,
+        exp: v.exp,
+        created: v.created,
+        updated: v.updated,
+        recoverable_days: vault.settings.retention_days,
+        recovery_level: vault.settings.recovery_level(),
+    }
+}
+
+/// The bundle of one version (`versioned`: its id names the version).
 fn shape(
     ctx: &VaultCtx,
     s: &SecretRecord,
     v: &VersionRecord,
     versioned: bool,
     value: Option<String>,
-) -> Map<String, Value> {
-    let mut out = Map::new();
-    if let Some(value) = value {
-        out.insert("value".into(), json!(value));
-    }
+) -> SecretBundle {
     let id = if versioned {
         format!("https://{}/secrets/{}/{}", ctx.authority, s.name, v.version)
     } else {
         format!("https://{}/secrets/{}", ctx.authority, s.name)
     };
-    out.insert("id".into(), json!(id));
-    if let Some(ct) = &v.content_type {
-        out.insert("contentType".into(), json!(ct));
+    let tags = match serde_json::from_str::<Value>(&v.tags) {
+        Ok(Value::Object(tags)) if !tags.is_empty() => Some(tags),
+        _ => None,
+    };
+    SecretBundle {
+        value,
+        id,
+        content_type: v.content_type.clone(),
+        attributes: attributes(&ctx.vault, v),
+        tags,
+        deleted: None,
     }
-    out.insert("attributes".into(), attributes(&ctx.vault, v));
-    if let Ok(Value::Object(tags)) = serde_json::from_str::<Value>(&v.tags)
-        && !tags.is_empty()
-    {
-        out.insert("tags".into(), Value::Object(tags));
-    }
-    out
 }
 
-fn deleted_shape(ctx: &VaultCtx, s: &SecretRecord, v: &VersionRecord, versioned: bool) -> Value {
-    let mut out = shape(ctx, s, v, versioned, None);
-    out.insert(
-        "recoveryId".into(),
-        json!(format!(
-            "https://{}/deletedsecrets/{}",
-            ctx.authority, s.name
-        )),
-    );
-    if let Some(d) = s.deleted_at {
-        out.insert("deletedDate".into(), json!(d));
+fn deleted_shape(
+    ctx: &VaultCtx,
+    s: &SecretRecord,
+    v: &VersionRecord,
+    versioned: bool,
+) -> SecretBundle {
+    SecretBundle {
+        deleted: Some(Deleted {
+            recovery_id: format!("https://{}/deletedsecrets/{}", ctx.authority, s.name),
+            deleted_date: s.deleted_at,
+            scheduled_purge_date: s.purge_at,
+        }),
+        ..shape(ctx, s, v, versioned, None)
     }
-    if let Some(p) = s.purge_at {
-        out.insert("scheduledPurgeDate".into(), json!(p));
-    }
-    Value::Object(out)
 }
 
 fn page_size(ctx: &VaultCtx) -> Result<i64, ApiError> {
@@ -287,16 +325,15 @@ fn skiptoken(ctx: &VaultCtx) -> Result<Option<String>, ApiError> {
 }
 
 /// An absolute nextLink on the caller's host, echoing api-version and maxresults.
-fn next_link(ctx: &VaultCtx, path: &str, cursor: Option<String>, size: i64) -> Value {
-    match cursor {
-        None => Value::Null,
-        Some(c) => json!(format!(
+fn next_link(ctx: &VaultCtx, path: &str, cursor: Option<String>, size: i64) -> Option<String> {
+    cursor.map(|c| {
+        format!(
             "https://{}{path}?api-version={}&$skiptoken={}&maxresults={size}",
             ctx.authority,
             ctx.api_version,
             URL_SAFE_NO_PAD.encode(c)
-        )),
-    }
+        )
+    })
 }
 
 // ---- handlers ----
@@ -306,7 +343,7 @@ async fn set_secret(
     ctx: VaultCtx,
     name: NamePath,
     AzJson(body): AzJson<SetBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretBundle>, ApiError> {
     let name = parse_name(&name.map_err(path_err)?.0)?;
     let attrs = body.attributes.unwrap_or_default();
     let value = body.value.clone();
@@ -325,37 +362,40 @@ async fn set_secret(
             },
         )
         .await?;
-    Ok(Json(Value::Object(shape(&ctx, &s, &v, true, Some(value)))))
+    Ok(Json(shape(&ctx, &s, &v, true, Some(value))))
 }
 
 async fn get_latest(
     State(st): State<AppState>,
     ctx: VaultCtx,
     name: NamePath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretBundle>, ApiError> {
     let name = parse_name(&name.map_err(path_err)?.0)?;
     let (s, v, value) = st.vault.get_secret(&ctx.vault, &name, None).await?;
-    Ok(Json(Value::Object(shape(&ctx, &s, &v, true, Some(value)))))
+    Ok(Json(shape(&ctx, &s, &v, true, Some(value))))
 }
 
 async fn get_version_or_list(
     State(st): State<AppState>,
     ctx: VaultCtx,
     p: NameVersionPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let Path((name, version)) = p.map_err(path_err)?;
     let name = parse_name(&name)?;
     if version == "versions" {
-        return list_versions(st, ctx, name).await;
+        return Ok(list_versions(st, ctx, name).await?.into_response());
     }
     let (s, v, value) = st
         .vault
         .get_secret(&ctx.vault, &name, Some(&version))
         .await?;
-    Ok(Json(Value::Object(shape(&ctx, &s, &v, true, Some(value)))))
+    Ok(Json(shape(&ctx, &s, &v, true, Some(value))).into_response())
 }
 
-async fn list_secrets(State(st): State<AppState>, ctx: VaultCtx) -> Result<Json<Value>, ApiError> {
+async fn list_secrets(
+    State(st): State<AppState>,
+    ctx: VaultCtx,
+) -> Result<Json<Page<SecretBundle>>, ApiError> {
     let size = page_size(&ctx)?;
     let after = skiptoken(&ctx)?;
     let mut rows = st
@@ -366,20 +406,20 @@ async fn list_secrets(State(st): State<AppState>, ctx: VaultCtx) -> Result<Json<
         rows.truncate(size as usize);
         rows.last().map(|(s, _)| s.key.clone())
     });
-    let items: Vec<Value> = rows
-        .iter()
-        .map(|(s, v)| Value::Object(shape(&ctx, s, v, false, None)))
-        .collect();
-    Ok(Json(
-        json!({ "value": items, "nextLink": next_link(&ctx, "/secrets", cursor.flatten(), size) }),
-    ))
+    Ok(Json(Page {
+        value: rows
+            .iter()
+            .map(|(s, v)| shape(&ctx, s, v, false, None))
+            .collect(),
+        next_link: next_link(&ctx, "/secrets", cursor.flatten(), size),
+    }))
 }
 
 async fn list_versions(
     st: AppState,
     ctx: VaultCtx,
     name: SecretName,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Page<SecretBundle>>, ApiError> {
     let size = page_size(&ctx)?;
     let after = skiptoken(&ctx)?
         .map(|t| {
@@ -396,14 +436,14 @@ async fn list_versions(
         versions.truncate(size as usize);
         versions.last().map(|v| v.ordinal.to_string())
     });
-    let items: Vec<Value> = versions
-        .iter()
-        .map(|v| Value::Object(shape(&ctx, &s, v, true, None)))
-        .collect();
     let path = format!("/secrets/{}/versions", s.name);
-    Ok(Json(
-        json!({ "value": items, "nextLink": next_link(&ctx, &path, cursor.flatten(), size) }),
-    ))
+    Ok(Json(Page {
+        value: versions
+            .iter()
+            .map(|v| shape(&ctx, &s, v, true, None))
+            .collect(),
+        next_link: next_link(&ctx, &path, cursor.flatten(), size),
+    }))
 }
 
 async fn update(
@@ -412,7 +452,7 @@ async fn update(
     name: &str,
     version: Option<&str>,
     body: UpdateBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretBundle>, ApiError> {
     let name = parse_name(name)?;
     let attrs = body.attributes.unwrap_or_default();
     let (s, v) = st
@@ -430,7 +470,7 @@ async fn update(
             },
         )
         .await?;
-    Ok(Json(Value::Object(shape(&ctx, &s, &v, true, None))))
+    Ok(Json(shape(&ctx, &s, &v, true, None)))
 }
 
 async fn update_latest(
@@ -438,7 +478,7 @@ async fn update_latest(
     ctx: VaultCtx,
     name: NamePath,
     AzJson(body): AzJson<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretBundle>, ApiError> {
     let name = name.map_err(path_err)?.0;
     update(st, ctx, &name, None, body).await
 }
@@ -448,7 +488,7 @@ async fn update_version(
     ctx: VaultCtx,
     p: NameVersionPath,
     AzJson(body): AzJson<UpdateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretBundle>, ApiError> {
     let Path((name, version)) = p.map_err(path_err)?;
     update(st, ctx, &name, Some(&version), body).await
 }
@@ -457,7 +497,7 @@ async fn delete_secret(
     State(st): State<AppState>,
     ctx: VaultCtx,
     name: NamePath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretBundle>, ApiError> {
     let name = parse_name(&name.map_err(path_err)?.0)?;
     let (s, v) = st.vault.delete_secret(&ctx.vault, &name).await?;
     Ok(Json(deleted_shape(&ctx, &s, &v, true)))
@@ -467,13 +507,16 @@ async fn get_deleted(
     State(st): State<AppState>,
     ctx: VaultCtx,
     name: NamePath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretBundle>, ApiError> {
     let name = parse_name(&name.map_err(path_err)?.0)?;
     let (s, v) = st.vault.get_deleted(&ctx.vault, &name).await?;
     Ok(Json(deleted_shape(&ctx, &s, &v, true)))
 }
 
-async fn list_deleted(State(st): State<AppState>, ctx: VaultCtx) -> Result<Json<Value>, ApiError> {
+async fn list_deleted(
+    State(st): State<AppState>,
+    ctx: VaultCtx,
+) -> Result<Json<Page<SecretBundle>>, ApiError> {
     let size = page_size(&ctx)?;
     let after = skiptoken(&ctx)?;
     let mut rows = st
@@ -484,23 +527,23 @@ async fn list_deleted(State(st): State<AppState>, ctx: VaultCtx) -> Result<Json<
         rows.truncate(size as usize);
         rows.last().map(|(s, _)| s.key.clone())
     });
-    let items: Vec<Value> = rows
-        .iter()
-        .map(|(s, v)| deleted_shape(&ctx, s, v, false))
-        .collect();
-    Ok(Json(
-        json!({ "value": items, "nextLink": next_link(&ctx, "/deletedsecrets", cursor.flatten(), size) }),
-    ))
+    Ok(Json(Page {
+        value: rows
+            .iter()
+            .map(|(s, v)| deleted_shape(&ctx, s, v, false))
+            .collect(),
+        next_link: next_link(&ctx, "/deletedsecrets", cursor.flatten(), size),
+    }))
 }
 
 async fn recover(
     State(st): State<AppState>,
     ctx: VaultCtx,
     name: NamePath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretBundle>, ApiError> {
     let name = parse_name(&name.map_err(path_err)?.0)?;
     let (s, v) = st.vault.recover(&ctx.vault, &name).await?;
-    Ok(Json(Value::Object(shape(&ctx, &s, &v, true, None))))
+    Ok(Json(shape(&ctx, &s, &v, true, None)))
 }
 
 async fn purge(
@@ -536,7 +579,7 @@ async fn restore_or_404(
     ctx: VaultCtx,
     name: NamePath,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretBundle>, ApiError> {
     if name.map_err(path_err)?.0 != "restore" {
         return Err(ApiError::not_found(
             "NotFound",
@@ -546,7 +589,7 @@ async fn restore_or_404(
     let body = body.map_err(crate::error::body_rejection)?;
     let body: BlobBody = crate::error::parse_json(&body)?;
     let (s, v) = st.vault.restore(&ctx.vault, &body.value).await?;
-    Ok(Json(Value::Object(shape(&ctx, &s, &v, true, None))))
+    Ok(Json(shape(&ctx, &s, &v, true, None)))
 }
 
 #[cfg(test)]

@@ -151,7 +151,6 @@ macro_rules! router_store {
                 let mut lasts = Vec::with_capacity(publishes.len());
                 let mut bumps = Bumps::new(topic_id);
                 for events in publishes {
-                    let mut last = 0;
                     for chunk in events.chunks(CHUNK) {
                         let mut q = QueryBuilder::<Db>::new(
                             "INSERT INTO event_log (topic_id, event_id, event_type, subject, body, \
@@ -165,10 +164,18 @@ macro_rules! router_store {
                                 .push_bind(e.body.as_str())
                                 .push_bind(now);
                         });
-                        q.push(" RETURNING seq");
-                        let seqs: Vec<i64> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-                        last = seqs.into_iter().fold(last, i64::max);
+                        q.build().execute(&mut *tx).await?;
                     }
+                    // Under the log lock the topic's newest seq is this
+                    // publish's last: one index probe, where RETURNING
+                    // would hand every row back (on SQLite one message per
+                    // row from its worker thread).
+                    let last: Option<i64> =
+                        sqlx::query_scalar("SELECT MAX(seq) FROM event_log WHERE topic_id = $1")
+                            .bind(topic_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    let last = last.unwrap_or(0);
                     bumps.add(counter::PUBLISHED, events.len() as i64);
                     lasts.push(last);
                 }
@@ -421,7 +428,13 @@ macro_rules! router_store {
                 // committed, so no log row is handed out twice. (NO KEY
                 // UPDATE does not block inserts that reference the row, e.g.
                 // dead letters written by settles.)
-                let locked_cursor: Option<i64> = if (out.len() as i64) < o.max && o.scan_limit > 0 {
+                let locked_cursor: Option<i64> = if (out.len() as i64) >= o.max || o.scan_limit <= 0
+                {
+                    None
+                } else if S::FOR_UPDATE.is_empty() {
+                    // One writer: the cursor read above is still current.
+                    exists
+                } else {
                     sqlx::query_scalar(&format!(
                         "SELECT cursor_seq FROM event_subscriptions WHERE id = $1{}",
                         S::row_lock(" FOR NO KEY UPDATE")
@@ -429,8 +442,6 @@ macro_rules! router_store {
                     .bind(sub)
                     .fetch_optional(&mut *tx)
                     .await?
-                } else {
-                    None
                 };
                 if let Some(cursor) = locked_cursor {
                     S::log_order_plan(&mut *tx, false).await?;
