@@ -1,4 +1,3 @@
-#![warn(unreachable_pub)]
 #![warn(missing_docs)]
 //! Herald's Automation service: runbooks started by token webhooks, run as
 //! jobs by workers in a sandbox, with their streams kept per job.

@@ -1,7 +1,5 @@
 //! `herald`: the server and a CLI over its API.
 
-#![warn(unreachable_pub)]
-
 mod automation;
 mod bench;
 mod client;

@@ -1,4 +1,3 @@
-#![warn(unreachable_pub)]
 #![warn(missing_docs)]
 //! Herald's domain types. Everything here is pure: no I/O, no clocks read
 //! implicitly, so the rules can be tested in isolation and reused by every

@@ -12,8 +12,6 @@
 //! events by implementing its `Feed` trait; [`Delivery`] wires Event Grid
 //! over the router.
 
-#![warn(unreachable_pub)]
-
 mod engine;
 mod eventgrid;
 mod router_feed;

@@ -1,4 +1,3 @@
-#![warn(unreachable_pub)]
 //! Herald's composition root: one node.
 //!
 //! `Node::build` opens storage, checks the master key, bootstraps the

@@ -1,4 +1,3 @@
-#![warn(unreachable_pub)]
 #![warn(missing_docs)]
 //! Herald's event router (Event Grid): topics and their keys, the publish
 //! API's schemas, event subscriptions with filters, and pull delivery.

@@ -1,4 +1,3 @@
-#![warn(unreachable_pub)]
 //! Herald's HTTP edge: the HTTPS listener and the API. Handlers are thin:
 //! they parse the wire into domain types, call a service crate, and render
 //! the Azure-shaped response. Wiring and background duties live in

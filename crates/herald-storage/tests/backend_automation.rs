@@ -3,6 +3,9 @@
 //! PostgreSQL-only races between several nodes on one database: claims,
 //! concurrency caps, idempotency keys, lease sweeps and stream appends.
 
+// A test binary has no outside: its helpers are `pub` for its own modules.
+#![allow(unreachable_pub)]
+
 mod common;
 
 use herald_automation::transitions::{cap_rule, lapse_rule, resume_rule, stop_rule};

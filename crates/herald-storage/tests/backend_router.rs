@@ -4,6 +4,9 @@
 //! serialises them; on PostgreSQL they are real concurrent transactions,
 //! standing in for several nodes on one database.
 
+// A test binary has no outside: its helpers are `pub` for its own modules.
+#![allow(unreachable_pub)]
+
 mod common;
 
 use herald_router::dead_letter::claim_rule;

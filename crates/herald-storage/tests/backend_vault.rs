@@ -2,6 +2,9 @@
 //! (when HERALD_TEST_DATABASE_URL or CI=true provides one), plus
 //! PostgreSQL-only races between several nodes on one database.
 
+// A test binary has no outside: its helpers are `pub` for its own modules.
+#![allow(unreachable_pub)]
+
 mod common;
 
 use herald_core::EventGridEvent;

@@ -1,4 +1,3 @@
-#![warn(unreachable_pub)]
 #![warn(missing_docs)]
 //! Herald's Key Vault: versioned secrets, encrypted at rest, with soft
 //! delete and the lifecycle events Azure Key Vault publishes.

@@ -1,6 +1,9 @@
 //! Herald's integration tests: real servers on real ports over real HTTPS,
 //! one server per test so tests run in parallel.
 
+// A test binary has no outside: its helpers are `pub` for its own modules.
+#![allow(unreachable_pub)]
+
 mod automation;
 mod automation_flow;
 mod binary;

@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 
 /// The channel all wake-up hints travel on; payloads say what changed
 /// (`job:<group>`, `topic:<id>`).
-pub const NOTIFY_CHANNEL: &str = "herald_wake";
+pub(crate) const NOTIFY_CHANNEL: &str = "herald_wake";
 
 pub struct PgStorage {
     pub(crate) pool: PgPool,

@@ -22,12 +22,12 @@ type Job =
 const MAX_BATCH: usize = 512;
 
 #[derive(Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     jobs: mpsc::Sender<Job>,
 }
 
 impl Writer {
-    pub fn spawn(conn: PoolConnection<Sqlite>) -> Self {
+    pub(crate) fn spawn(conn: PoolConnection<Sqlite>) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run(conn, rx));
         Self { jobs: tx }
@@ -35,7 +35,7 @@ impl Writer {
 
     /// Runs `work` inside the next group transaction and returns its result
     /// after that transaction committed.
-    pub async fn write<T, F>(&self, work: F) -> Result<T>
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
