@@ -7,9 +7,11 @@ pub mod duty;
 pub mod event;
 pub mod id;
 pub mod name;
+pub mod provisioning;
 pub mod seal;
 pub mod vault;
 
 pub use event::{ArmScope, EventGridEvent};
 pub use id::{SecretVersion, new_token};
 pub use name::{NameError, SecretName, VaultName};
+pub use provisioning::ProvisioningState;

@@ -3,6 +3,7 @@
 //! subscription's message rows.
 
 use crate::engine::{Feed, Listed, PushSubscription, WindowCommit};
+use herald_core::ProvisioningState;
 use herald_router::schema;
 use herald_router::{RouterService, Subscription, TopicInfo};
 use herald_storage::{ClaimOptions, ClaimedMessage, FreshWindow, Matcher, SettleAction, Storage};
@@ -77,7 +78,9 @@ impl Feed for RouterFeed {
             .all_subscriptions()
             .await?
             .into_iter()
-            .filter(|r| r.provisioning_state == "Succeeded" && r.config.contains(&kind))
+            .filter(|r| {
+                r.provisioning_state == ProvisioningState::Succeeded && r.config.contains(&kind)
+            })
             .map(|r| Listed {
                 id: r.id,
                 version: r.updated,

@@ -8,8 +8,8 @@ use crate::subscription::{SubscriptionInput, SubscriptionProperties, parse_iso_d
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
-use herald_core::ArmScope;
 use herald_core::seal::MasterKey;
+use herald_core::{ArmScope, ProvisioningState};
 use herald_storage::{
     ClaimOptions, DeadLetterRecord, LogRow, Matcher, NewLogEvent, SettleAction, SettleFailure,
     Storage, SubscriptionRecord, TopicRecord,
@@ -497,15 +497,15 @@ impl RouterService {
     pub async fn set_subscription_state(
         &self,
         sub: &mut Subscription,
-        state: &str,
+        state: ProvisioningState,
         reason: Option<&str>,
     ) -> RouterResult<()> {
         self.storage
             .set_subscription_state(&sub.record.id, state, reason)
             .await?;
-        sub.record.provisioning_state = state.to_owned();
+        sub.record.provisioning_state = state;
         sub.record.state_reason = reason.map(str::to_owned);
-        tracing::info!(subscription = %sub.record.name, state, reason = reason.unwrap_or(""), "event subscription state changed");
+        tracing::info!(subscription = %sub.record.name, state = state.as_str(), reason = reason.unwrap_or(""), "event subscription state changed");
         Ok(())
     }
 
@@ -578,11 +578,10 @@ impl RouterService {
             // Webhooks must prove ownership first (herald-delivery runs the
             // handshake); pull queues need no handshake.
             provisioning_state: if properties.is_queue() {
-                "Succeeded"
+                ProvisioningState::Succeeded
             } else {
-                "Creating"
-            }
-            .into(),
+                ProvisioningState::Creating
+            },
             state_reason: None,
             created: existing.as_ref().map_or(now, |e| e.created),
             updated: now,
@@ -657,7 +656,7 @@ impl RouterService {
     fn wants_deletion_event(sub: &Subscription) -> bool {
         sub.properties.send_deletion_event
             && !sub.properties.is_queue()
-            && sub.record.provisioning_state == "Succeeded"
+            && sub.record.provisioning_state == ProvisioningState::Succeeded
     }
 
     /// What the deletion event needs, read before the delete. Best effort: a

@@ -9,6 +9,7 @@
 
 mod common;
 
+use herald_core::ProvisioningState;
 use herald_router::dead_letter::claim_rule;
 use herald_storage::*;
 use std::collections::{BTreeSet, HashSet};
@@ -49,7 +50,7 @@ fn sub(topic_id: &str, name: &str) -> SubscriptionRecord {
         topic_id: topic_id.into(),
         name: name.into(),
         config: r#"{"destination":{"endpointType":"StorageQueue"}}"#.into(),
-        provisioning_state: "Succeeded".into(),
+        provisioning_state: ProvisioningState::Succeeded,
         state_reason: None,
         created: 1_700_000_001,
         updated: 1_700_000_001,
@@ -254,7 +255,7 @@ async fn log_and_subscriptions(s: Store) {
     let replaced = SubscriptionRecord {
         id: "ignored".into(),
         config: r#"{"changed":true}"#.into(),
-        provisioning_state: "Updating".into(),
+        provisioning_state: ProvisioningState::Updating,
         state_reason: Some("because".into()),
         updated: 1_800_000_000,
         ..sb.clone()
@@ -297,20 +298,20 @@ async fn log_and_subscriptions(s: Store) {
     assert_eq!(ids.len(), 4);
 
     let before = now_ms() / 1000;
-    s.set_subscription_state(&sb.id, "Failed", Some("endpoint gone"))
+    s.set_subscription_state(&sb.id, ProvisioningState::Failed, Some("endpoint gone"))
         .await
         .unwrap();
     let got = s.subscription(&t.id, "s1").await.unwrap().unwrap();
-    assert_eq!(got.provisioning_state, "Failed");
+    assert_eq!(got.provisioning_state, ProvisioningState::Failed);
     assert_eq!(got.state_reason.as_deref(), Some("endpoint gone"));
     assert!(got.updated >= before && got.updated <= now_ms() / 1000 + 1);
-    s.set_subscription_state(&sb.id, "Succeeded", None)
+    s.set_subscription_state(&sb.id, ProvisioningState::Succeeded, None)
         .await
         .unwrap();
     let got = s.subscription(&t.id, "s1").await.unwrap().unwrap();
     assert_eq!(got.state_reason, None);
     // Unknown ids are a no-op.
-    s.set_subscription_state("missing", "Failed", None)
+    s.set_subscription_state("missing", ProvisioningState::Failed, None)
         .await
         .unwrap();
 

@@ -4,6 +4,7 @@ use super::{EventGrid, upper_name};
 use crate::engine::http::Outcome;
 use bytes::Bytes;
 use chrono::Utc;
+use herald_core::ProvisioningState;
 use herald_core::event::event_time;
 use herald_router::schema::DeliverySchema;
 use herald_router::subscription::Destination;
@@ -51,14 +52,14 @@ impl EventGrid {
             );
             return self
                 .router
-                .set_subscription_state(sub, "Failed", Some(&reason))
+                .set_subscription_state(sub, ProvisioningState::Failed, Some(&reason))
                 .await;
         }
         if self.is_internal(&hook.endpoint_url) {
             // Herald's own automation webhooks are trusted, as Azure trusts its services.
             return self
                 .router
-                .set_subscription_state(sub, "Succeeded", None)
+                .set_subscription_state(sub, ProvisioningState::Succeeded, None)
                 .await;
         }
         let verdict = match sub.properties.event_delivery_schema {
@@ -71,17 +72,17 @@ impl EventGrid {
             }
         };
         match verdict {
-            Verdict::Succeeded => self.router.set_subscription_state(sub, "Succeeded", None).await,
+            Verdict::Succeeded => self.router.set_subscription_state(sub, ProvisioningState::Succeeded, None).await,
             Verdict::Manual => {
                 self.router
                     .set_subscription_state(
                         sub,
-                        "AwaitingManualAction",
+                        ProvisioningState::AwaitingManualAction,
                         Some("The endpoint answered 200 without validationResponse; GET the validationUrl it was sent within 10 minutes."),
                     )
                     .await
             }
-            Verdict::Failed(reason) => self.router.set_subscription_state(sub, "Failed", Some(&reason)).await,
+            Verdict::Failed(reason) => self.router.set_subscription_state(sub, ProvisioningState::Failed, Some(&reason)).await,
         }
     }
 
@@ -247,14 +248,14 @@ impl EventGrid {
             self.router
                 .set_subscription_state(
                     &mut sub,
-                    "Failed",
+                    ProvisioningState::Failed,
                     Some("The manual validation window of 10 minutes passed."),
                 )
                 .await?;
             return Ok(false);
         }
         self.router
-            .set_subscription_state(&mut sub, "Succeeded", None)
+            .set_subscription_state(&mut sub, ProvisioningState::Succeeded, None)
             .await?;
         Ok(true)
     }
@@ -270,12 +271,12 @@ impl EventGrid {
                 .router
                 .subscription_by_id(&pending.subscription_id)
                 .await?
-                && sub.record.provisioning_state == "AwaitingManualAction"
+                && sub.record.provisioning_state == ProvisioningState::AwaitingManualAction
             {
                 self.router
                     .set_subscription_state(
                         &mut sub,
-                        "Failed",
+                        ProvisioningState::Failed,
                         Some("The manual validation window of 10 minutes passed."),
                     )
                     .await?;

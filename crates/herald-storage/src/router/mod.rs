@@ -4,6 +4,7 @@ pub(crate) mod store;
 
 use crate::Result;
 use async_trait::async_trait;
+use herald_core::ProvisioningState;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +55,8 @@ pub struct SubscriptionRecord {
     pub name: String,
     /// The subscription's properties as Azure-named JSON.
     pub config: String,
-    pub provisioning_state: String,
+    #[sqlx(try_from = "String")]
+    pub provisioning_state: ProvisioningState,
     pub state_reason: Option<String>,
     pub created: i64,
     pub updated: i64,
@@ -268,7 +270,7 @@ pub trait RouterStore: Send + Sync {
     async fn set_subscription_state(
         &self,
         id: &str,
-        state: &str,
+        state: ProvisioningState,
         reason: Option<&str>,
     ) -> Result<()>;
 

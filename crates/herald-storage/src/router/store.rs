@@ -110,6 +110,7 @@ macro_rules! router_store {
             };
             use crate::router::*;
             use crate::{Result, TopicRecord};
+            use herald_core::ProvisioningState;
             use sqlx::{QueryBuilder, Row};
             use std::collections::HashMap;
 
@@ -892,7 +893,7 @@ macro_rules! router_store {
                             .bind(&s.topic_id)
                             .bind(&s.name)
                             .bind(&s.config)
-                            .bind(&s.provisioning_state)
+                            .bind(s.provisioning_state.as_str())
                             .bind(&s.state_reason)
                             .bind(s.created)
                             .bind(s.updated)
@@ -907,7 +908,7 @@ macro_rules! router_store {
                                      WHERE topic_id = $5 AND name = $6",
                                 )
                                 .bind(&s.config)
-                                .bind(&s.provisioning_state)
+                                .bind(s.provisioning_state.as_str())
                                 .bind(&s.state_reason)
                                 .bind(s.updated)
                                 .bind(&s.topic_id)
@@ -977,11 +978,11 @@ macro_rules! router_store {
                 async fn set_subscription_state(
                     &self,
                     id: &str,
-                    state: &str,
+                    state: ProvisioningState,
                     reason: Option<&str>,
                 ) -> Result<()> {
                     let (id, state, reason) =
-                        (id.to_owned(), state.to_owned(), reason.map(str::to_owned));
+                        (id.to_owned(), state.as_str(), reason.map(str::to_owned));
                     self.write(move |tx| -> BoxFuture<'_, Result<_>> {
                         Box::pin(async move {
                             sqlx::query(&format!(
@@ -989,7 +990,7 @@ macro_rules! router_store {
                                  state_reason = $2, updated = {} WHERE id = $3",
                                 S::UNIX_NOW
                             ))
-                            .bind(&state)
+                            .bind(state)
                             .bind(&reason)
                             .bind(&id)
                             .execute(&mut *tx)
