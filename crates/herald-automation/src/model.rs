@@ -388,77 +388,7 @@ fn coerce(ty: ParamType, v: &Value) -> Option<Value> {
     }
 }
 
-/// Job statuses as Azure's API spells them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JobStatus {
-    /// Queued, waiting for a worker.
-    New,
-    /// Leased by a worker, starting up.
-    Activating,
-    /// The job's process is running.
-    Running,
-    /// The job's process exited 0.
-    Completed,
-    /// The job failed (non-zero exit, timeout, or could not start).
-    Failed,
-    /// A stop was requested; the worker is ending the process.
-    Stopping,
-    /// The job was stopped on request.
-    Stopped,
-    /// The job is being suspended.
-    Suspending,
-    /// The job was put aside (e.g. it lost its worker too often); it can be resumed.
-    Suspended,
-    /// A suspended job is being queued again.
-    Resuming,
-    /// The job's worker stopped sending heartbeats.
-    Disconnected,
-}
-
-impl JobStatus {
-    /// Parses a status name, case-insensitively (`Queued` means `New`).
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "new" | "queued" => Self::New,
-            "activating" | "starting" => Self::Activating,
-            "running" => Self::Running,
-            "completed" => Self::Completed,
-            "failed" => Self::Failed,
-            "stopping" => Self::Stopping,
-            "stopped" => Self::Stopped,
-            "suspending" => Self::Suspending,
-            "suspended" => Self::Suspended,
-            "resuming" => Self::Resuming,
-            "disconnected" => Self::Disconnected,
-            _ => return None,
-        })
-    }
-
-    /// The status as Azure's API spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::New => "New",
-            Self::Activating => "Activating",
-            Self::Running => "Running",
-            Self::Completed => "Completed",
-            Self::Failed => "Failed",
-            Self::Stopping => "Stopping",
-            Self::Stopped => "Stopped",
-            Self::Suspending => "Suspending",
-            Self::Suspended => "Suspended",
-            Self::Resuming => "Resuming",
-            Self::Disconnected => "Disconnected",
-        }
-    }
-
-    /// Where a client polling the job stops waiting.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            Self::Completed | Self::Failed | Self::Stopped | Self::Suspended
-        )
-    }
-}
+pub use herald_core::job::JobStatus;
 
 /// What a job's process receives through `$HERALD_JOB_INPUT`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 fn change(status: JobStatus, details: impl Into<String>) -> StatusChange {
     StatusChange {
-        status: status.as_str().to_owned(),
+        status,
         details: details.into(),
     }
 }
@@ -23,15 +23,15 @@ fn change(status: JobStatus, details: impl Into<String>) -> StatusChange {
 /// waiting after its worker was lost) is stopped at once; a leased or
 /// running one is asked to stop and its worker reports the end; a job
 /// already stopping or ended is left as it is.
-pub fn on_stop_request(status: &str) -> JobDecision {
+pub fn on_stop_request(status: JobStatus) -> JobDecision {
     use JobStatus::*;
-    match JobStatus::parse(status) {
-        Some(New | Suspended | Disconnected) => JobDecision {
+    match status {
+        New | Suspended | Disconnected => JobDecision {
             changes: vec![change(Stopped, "stopped by user before it ran")],
             ends: true,
             requeue: false,
         },
-        Some(Activating | Running) => JobDecision {
+        Activating | Running => JobDecision {
             changes: vec![change(Stopping, "stop requested by user")],
             ..JobDecision::default()
         },
@@ -41,9 +41,9 @@ pub fn on_stop_request(status: &str) -> JobDecision {
 
 /// A resume: only a suspended job resumes, through `Resuming` back into
 /// its queue (the store resets its restarts).
-pub fn on_resume(status: &str) -> JobDecision {
-    match JobStatus::parse(status) {
-        Some(JobStatus::Suspended) => JobDecision {
+pub fn on_resume(status: JobStatus) -> JobDecision {
+    match status {
+        JobStatus::Suspended => JobDecision {
             changes: vec![
                 change(JobStatus::Resuming, "resumed by user"),
                 change(JobStatus::New, ""),
@@ -67,7 +67,7 @@ pub fn on_lease_lapse(job: &LapsedJob<'_>, max_restarts: i64) -> JobDecision {
         ),
     );
     let restarts = job.restarts;
-    if JobStatus::parse(job.status) == Some(JobStatus::Stopping) {
+    if job.status == JobStatus::Stopping {
         JobDecision {
             changes: vec![
                 lost,
@@ -154,35 +154,39 @@ mod tests {
         d.changes.iter().map(|c| c.status.as_str()).collect()
     }
 
+    fn js(s: &str) -> JobStatus {
+        JobStatus::parse(s).expect("a status name")
+    }
+
     #[test]
     fn stop_depends_on_whether_the_job_started() {
         for s in ["New", "Suspended", "Disconnected"] {
-            let d = on_stop_request(s);
+            let d = on_stop_request(js(s));
             assert_eq!((statuses(&d), d.ends), (vec!["Stopped"], true), "{s}");
         }
         for s in ["Activating", "Running"] {
-            let d = on_stop_request(s);
+            let d = on_stop_request(js(s));
             assert_eq!((statuses(&d), d.ends), (vec!["Stopping"], false), "{s}");
         }
-        for s in ["Stopping", "Stopped", "Completed", "Failed", "garbage"] {
-            assert_eq!(on_stop_request(s), JobDecision::default(), "{s}");
+        for s in ["Stopping", "Stopped", "Completed", "Failed"] {
+            assert_eq!(on_stop_request(js(s)), JobDecision::default(), "{s}");
         }
     }
 
     #[test]
     fn only_suspended_jobs_resume() {
-        let d = on_resume("Suspended");
+        let d = on_resume(JobStatus::Suspended);
         assert_eq!(statuses(&d), ["Resuming", "New"]);
         assert!(d.requeue);
         for s in ["New", "Running", "Stopped"] {
-            assert_eq!(on_resume(s), JobDecision::default(), "{s}");
+            assert_eq!(on_resume(js(s)), JobDecision::default(), "{s}");
         }
     }
 
     #[test]
     fn a_lost_worker_requeues_then_suspends() {
         let job = |status, restarts| LapsedJob {
-            status,
+            status: js(status),
             restarts,
             worker: Some("w1"),
         };

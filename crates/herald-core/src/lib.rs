@@ -6,6 +6,7 @@
 pub mod duty;
 pub mod event;
 pub mod id;
+pub mod job;
 pub mod name;
 pub mod provisioning;
 pub mod seal;

@@ -60,7 +60,7 @@ fn job(n: i64, runbook_id: &str, run_on: &str) -> JobRecord {
         runbook_version: 1,
         started_by: "tester".into(),
         run_on: run_on.to_owned(),
-        status: "New".into(),
+        status: JobStatus::New,
         status_details: String::new(),
         exception: None,
         parameters: r#"{"x":"***"}"#.into(),
@@ -90,7 +90,7 @@ fn rec(stream: &str, text: &str, value: Option<&str>) -> StreamRecord {
 
 fn end(status: &str, at: i64) -> JobEnd {
     JobEnd {
-        status: status.to_owned(),
+        status: JobStatus::parse(status).expect("a status name"),
         details: format!("{status} details"),
         exception: (status == "Failed").then(|| "boom".to_owned()),
         exit_code: Some(if status == "Failed" { 3 } else { 0 }),
@@ -103,7 +103,9 @@ async fn statuses(s: &dyn AutomationStore, id: &str) -> Vec<String> {
     let seqs: Vec<i64> = t.iter().map(|t| t.seq).collect();
     let want: Vec<i64> = (1..=t.len() as i64).collect();
     assert_eq!(seqs, want, "transition seqs of {id} are 1..n");
-    t.into_iter().map(|t| t.status).collect()
+    t.into_iter()
+        .map(|t| t.status.as_str().to_owned())
+        .collect()
 }
 
 async fn new_job(s: &dyn AutomationStore, j: &JobRecord) {
@@ -391,7 +393,7 @@ async fn scenario_create_and_list_jobs(s: &dyn AutomationStore) {
 
     // More jobs on another runbook and group, for filters.
     let mut j5 = job(5, "rb-x", "grp");
-    j5.status = "Suspended".into();
+    j5.status = JobStatus::Suspended;
     new_job(s, &j5).await;
     new_job(s, &job(6, "rb-x", "grp")).await;
 
@@ -424,7 +426,7 @@ async fn scenario_create_and_list_jobs(s: &dyn AutomationStore) {
     assert_eq!(ids(page), ["job-000003", "job-000002"]);
     let filtered = s
         .list_jobs(&JobFilter {
-            status: Some("New".into()),
+            status: Some(JobStatus::New),
             runbook_id: Some("rb-x".into()),
             created_after: Some(10_006),
             limit: 0, // clamped to 1
@@ -435,7 +437,7 @@ async fn scenario_create_and_list_jobs(s: &dyn AutomationStore) {
     assert_eq!(ids(filtered), ["job-000006"]);
     assert!(
         s.list_jobs(&JobFilter {
-            status: Some("Running".into()),
+            status: Some(JobStatus::Running),
             limit: 10,
             ..Default::default()
         })
@@ -483,7 +485,7 @@ async fn scenario_claim_and_run(s: &dyn AutomationStore) {
     let ids: Vec<&str> = got.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(ids, ["job-000001", "job-000002"]);
     for j in &got {
-        assert_eq!(j.status, "Activating");
+        assert_eq!(j.status, JobStatus::Activating);
         assert_eq!(j.worker.as_deref(), Some("w1"));
         assert_eq!(j.lease_until, Some(90_000));
         assert_eq!(j.start_time, Some(20_000));
@@ -510,7 +512,7 @@ async fn scenario_claim_and_run(s: &dyn AutomationStore) {
             .unwrap()
     );
     let j = s.job("job-000001").await.unwrap().unwrap();
-    assert_eq!(j.status, "Running");
+    assert_eq!(j.status, JobStatus::Running);
     assert_eq!(j.sandbox.as_deref(), Some("sb-1"));
     assert_eq!(
         statuses(s, "job-000001").await,
@@ -619,7 +621,7 @@ async fn scenario_claim_and_run(s: &dyn AutomationStore) {
             .unwrap()
     );
     let j = s.job("job-000001").await.unwrap().unwrap();
-    assert_eq!(j.status, "Failed");
+    assert_eq!(j.status, JobStatus::Failed);
     assert_eq!(j.status_details, "Failed details");
     assert_eq!(j.exception.as_deref(), Some("boom"));
     assert_eq!(j.exit_code, Some(3));
@@ -706,7 +708,7 @@ async fn scenario_concurrency_cap(s: &dyn AutomationStore) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(stopping.status, "Stopping");
+    assert_eq!(stopping.status, JobStatus::Stopping);
     assert!(
         s.claim_jobs("", "w3", 10, 90_000, 25_000, cap_rule())
             .await
@@ -721,7 +723,7 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
         new_job(s, &job(n, "rb-rb", "")).await;
     }
     let mut suspended = job(7, "rb-rb", "");
-    suspended.status = "Suspended".into();
+    suspended.status = JobStatus::Suspended;
     new_job(s, &suspended).await;
 
     assert_eq!(
@@ -734,7 +736,7 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(j.status, "Stopped");
+    assert_eq!(j.status, JobStatus::Stopped);
     assert_eq!(j.status_details, "stopped by user before it ran");
     assert_eq!(j.end_time, Some(15_000));
     // Terminal: unchanged.
@@ -750,7 +752,7 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(j.status, "Stopped");
+    assert_eq!(j.status, JobStatus::Stopped);
 
     // Leases: jobs 1..=5 go to w1 with lease 50_000; job 5 stops (Stopping).
     let got = s
@@ -821,7 +823,7 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
     );
     assert_eq!(
         s.job("job-000004").await.unwrap().unwrap().status,
-        "Activating"
+        JobStatus::Activating
     );
     // A finished lease-holder that lost its lease cannot finish any more.
     assert!(
@@ -847,7 +849,7 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
         }
         let lapsed = s.expire_leases(now + 2, lapse_rule(2)).await.unwrap();
         let l3 = lapsed.iter().find(|l| l.job_id == "job-000003").unwrap();
-        assert_eq!(l3.status, want, "round {round}");
+        assert_eq!(l3.status.as_str(), want, "round {round}");
         assert_eq!(l3.worker.as_deref(), Some("w9"));
     }
     let j3 = s.job("job-000003").await.unwrap().unwrap();
@@ -897,7 +899,7 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(j.status, "Stopping");
+    assert_eq!(j.status, JobStatus::Stopping);
     assert!(
         s.finish_job("job-000003", Some("w1"), &end("Stopped", 400_003))
             .await
@@ -905,7 +907,7 @@ async fn scenario_stop_resume_expire(s: &dyn AutomationStore) {
     );
     assert_eq!(
         s.job("job-000003").await.unwrap().unwrap().status,
-        "Stopped"
+        JobStatus::Stopped
     );
 }
 
@@ -1189,7 +1191,7 @@ async fn pg_concurrency_cap_holds_across_nodes() {
         let active = a
             .list_jobs(&JobFilter {
                 runbook_id: Some("rb-capped".into()),
-                status: Some("Activating".into()),
+                status: Some(JobStatus::Activating),
                 limit: 1000,
                 ..Default::default()
             })
@@ -1208,7 +1210,7 @@ async fn pg_concurrency_cap_holds_across_nodes() {
     let free = a
         .list_jobs(&JobFilter {
             runbook_id: Some("rb-free".into()),
-            status: Some("Activating".into()),
+            status: Some(JobStatus::Activating),
             limit: 1000,
             ..Default::default()
         })
@@ -1314,7 +1316,7 @@ async fn pg_lease_sweeps_never_double_process() {
     let unique: BTreeSet<&str> = all.iter().map(|l| l.job_id.as_str()).collect();
     assert_eq!(unique.len(), JOBS);
     for l in &all {
-        assert_eq!(l.status, "New");
+        assert_eq!(l.status, JobStatus::New);
         let j = a.job(&l.job_id).await.unwrap().unwrap();
         assert_eq!((j.status.as_str(), j.restarts), ("New", 1));
         assert_eq!(
@@ -1497,7 +1499,7 @@ async fn pg_new_jobs_wake_other_nodes() {
     let waiting = tokio::spawn(hinted("job:linux", &mut wake));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let lapsed = a.expire_leases(60_000, lapse_rule(0)).await.unwrap();
-    assert!(lapsed.iter().all(|l| l.status == "Suspended"));
+    assert!(lapsed.iter().all(|l| l.status == JobStatus::Suspended));
     // Suspended, not re-queued: no hint expected from that sweep; resume sends one.
     assert!(
         a.resume_job(&lapsed[0].job_id, 70_000, resume_rule())
@@ -1515,7 +1517,7 @@ async fn pg_new_jobs_wake_other_nodes() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let lapsed = a.expire_leases(90_000, lapse_rule(5)).await.unwrap();
     assert_eq!(lapsed.len(), 1);
-    assert_eq!(lapsed[0].status, "New");
+    assert_eq!(lapsed[0].status, JobStatus::New);
     assert!(
         waiting.await.unwrap(),
         "expire_leases re-queue sends job:<group>"

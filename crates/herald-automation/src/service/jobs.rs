@@ -116,7 +116,7 @@ impl AutomationService {
         let mut rx = self.subscribe();
         loop {
             let job = self.job(id).await?;
-            if JobStatus::parse(&job.status).is_some_and(JobStatus::is_final) {
+            if job.status.is_final() {
                 return Ok(job);
             }
             // The broadcast is a hint; another node's progress is polled.

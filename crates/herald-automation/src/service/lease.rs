@@ -45,7 +45,7 @@ impl AutomationService {
                                     &job.id,
                                     Some(worker),
                                     &JobEnd {
-                                        status: "Failed".into(),
+                                        status: JobStatus::Failed,
                                         details: e.to_string(),
                                         exception: Some(e.to_string()),
                                         exit_code: None,
@@ -221,12 +221,12 @@ impl AutomationService {
             self.append(id, &report.records).await?;
         }
         let (status, details) = match report.outcome.as_str() {
-            "Completed" => ("Completed", report.details.clone()),
-            "Stopped" => ("Stopped", "stopped by user".to_owned()),
-            "TimedOut" => ("Failed", report.details.clone()),
-            _ => ("Failed", report.details.clone()),
+            "Completed" => (JobStatus::Completed, report.details.clone()),
+            "Stopped" => (JobStatus::Stopped, "stopped by user".to_owned()),
+            "TimedOut" => (JobStatus::Failed, report.details.clone()),
+            _ => (JobStatus::Failed, report.details.clone()),
         };
-        let exception = if status == "Failed" {
+        let exception = if status == JobStatus::Failed {
             let last_error = self
                 .store()
                 .read_records(id, 0, Some("Error"), 100_000)
@@ -243,7 +243,7 @@ impl AutomationService {
                 id,
                 worker,
                 &JobEnd {
-                    status: status.into(),
+                    status,
                     details: details.clone(),
                     exception,
                     exit_code: report.exit_code,
@@ -257,8 +257,9 @@ impl AutomationService {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         if done {
-            tracing::info!(job = %id, status, details = %details, "job finished");
-            metrics::counter!("herald_jobs_finished_total", "status" => status).increment(1);
+            tracing::info!(job = %id, status = status.as_str(), details = %details, "job finished");
+            metrics::counter!("herald_jobs_finished_total", "status" => status.as_str())
+                .increment(1);
         }
         self.changed(id);
         Ok(done)
@@ -293,7 +294,7 @@ impl AutomationService {
             .await?;
         for l in &lapsed {
             tracing::warn!(job = %l.job_id, worker = l.worker.as_deref().unwrap_or("?"), status = %l.status, "job's worker was lost");
-            if l.status == "New"
+            if l.status == JobStatus::New
                 && let Ok(job) = self.job(&l.job_id).await
             {
                 self.wake(&job.run_on);

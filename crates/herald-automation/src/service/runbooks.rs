@@ -255,7 +255,7 @@ impl AutomationService {
             runbook_version: version,
             started_by: started_by.to_owned(),
             run_on: run_on.to_owned(),
-            status: JobStatus::New.as_str().to_owned(),
+            status: JobStatus::New,
             status_details: String::new(),
             exception: None,
             parameters: Value::Object(shown).to_string(),

@@ -17,7 +17,7 @@ impl AutomationService {
         let Some(job) = self.store().job(&job_id).await? else {
             return Ok(None);
         };
-        if JobStatus::parse(&job.status).is_some_and(JobStatus::is_final) {
+        if job.status.is_final() {
             return Ok(None);
         }
         let permissions = match self.store().runbook_by_id(&job.runbook_id).await? {

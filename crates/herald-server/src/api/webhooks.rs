@@ -132,8 +132,7 @@ async fn invoke_inner(st: AppState, req: Request) -> Result<Response, ApiError> 
         .automation
         .wait_final(&invoked.job_id, Duration::from_secs(wait))
         .await?;
-    let status = JobStatus::parse(&job.status);
-    if !status.is_some_and(JobStatus::is_final) {
+    if !job.status.is_final() {
         return Ok(accepted(ids, invoked.replayed));
     }
     let output = st.automation.output(&job.id).await?;
@@ -144,7 +143,7 @@ async fn invoke_inner(st: AppState, req: Request) -> Result<Response, ApiError> 
         "exception": job.exception,
         "output": output,
     });
-    let code = if status == Some(JobStatus::Completed) {
+    let code = if job.status == JobStatus::Completed {
         StatusCode::OK
     } else {
         StatusCode::UNPROCESSABLE_ENTITY

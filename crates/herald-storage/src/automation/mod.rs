@@ -4,6 +4,7 @@
 
 use crate::Result;
 use async_trait::async_trait;
+pub use herald_core::job::JobStatus;
 use std::sync::Arc;
 
 pub(crate) mod store;
@@ -72,7 +73,8 @@ pub struct JobRecord {
     pub runbook_version: i64,
     pub started_by: String,
     pub run_on: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: JobStatus,
     pub status_details: String,
     pub exception: Option<String>,
     pub parameters: String,
@@ -92,7 +94,8 @@ pub struct JobRecord {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct JobTransition {
     pub seq: i64,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: JobStatus,
     pub details: String,
     pub at: i64,
 }
@@ -117,7 +120,7 @@ pub enum JobCreated {
 
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
-    pub status: Option<String>,
+    pub status: Option<JobStatus>,
     pub runbook_id: Option<String>,
     pub created_after: Option<i64>,
     /// Jobs with ids below this (newest first paging).
@@ -128,7 +131,7 @@ pub struct JobFilter {
 /// What ending a job sets.
 #[derive(Debug, Clone)]
 pub struct JobEnd {
-    pub status: String,
+    pub status: JobStatus,
     pub details: String,
     pub exception: Option<String>,
     pub exit_code: Option<i64>,
@@ -139,7 +142,7 @@ pub struct JobEnd {
 /// history row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusChange {
-    pub status: String,
+    pub status: JobStatus,
     /// The status details users read (`statusDetails`, and the history).
     pub details: String,
 }
@@ -162,12 +165,12 @@ pub struct JobDecision {
 pub type CapRule = Arc<dyn Fn(&str) -> Option<i64> + Send + Sync>;
 
 /// Decides what a request does to a job in the given status (stop, resume).
-pub type StatusRule = Arc<dyn Fn(&str) -> JobDecision + Send + Sync>;
+pub type StatusRule = Arc<dyn Fn(JobStatus) -> JobDecision + Send + Sync>;
 
 /// A job whose lease lapsed, as the lapse rule sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct LapsedJob<'a> {
-    pub status: &'a str,
+    pub status: JobStatus,
     /// Restarts so far, counting this one.
     pub restarts: i64,
     pub worker: Option<&'a str>,
@@ -182,7 +185,7 @@ pub struct LapsedLease {
     pub job_id: String,
     pub worker: Option<String>,
     /// `New` (re-queued), `Suspended` (too many restarts) or `Stopped`.
-    pub status: String,
+    pub status: JobStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -67,12 +67,12 @@ macro_rules! automation_store {
     ($S:ty) => {
         mod automation_store {
             use super::*;
+            use crate::Result;
             use crate::automation::store::{
                 ACTIVE, ASSET_COLS, AutomationEngine, JOB_COLS, RUNBOOK_COLS, WEBHOOK_COLS,
             };
             use crate::automation::*;
             use crate::engine::{BoxFuture, Conn, Engine};
-            use crate::Result;
             use std::collections::BTreeSet;
 
             type S = $S;
@@ -105,7 +105,7 @@ macro_rules! automation_store {
                     .await?;
                 }
                 for change in &decision.changes {
-                    transition(&mut *tx, id, &change.status, &change.details, now).await?;
+                    transition(&mut *tx, id, change.status.as_str(), &change.details, now).await?;
                 }
                 Ok(())
             }
@@ -162,6 +162,12 @@ macro_rules! automation_store {
                 .await?;
                 transition(tx, id, "Activating", "", now).await?;
                 job_by_id(tx, id).await
+            }
+
+            /// A status read from the jobs table, which only ever holds
+            /// the names [`JobStatus`] writes.
+            fn stored_status(s: String) -> Result<JobStatus> {
+                JobStatus::try_from(s).map_err(|e| crate::StorageError::Corrupt(e.to_string()))
             }
 
             /// The job as the transaction sees it now.
@@ -291,11 +297,13 @@ macro_rules! automation_store {
                 }
 
                 async fn list_runbooks(&self) -> Result<Vec<RunbookRecord>> {
-                    Ok(sqlx::query_as(&format!(
-                        "SELECT {RUNBOOK_COLS} FROM runbooks ORDER BY key"
-                    ))
-                    .fetch_all(self.reader())
-                    .await?)
+                    Ok(
+                        sqlx::query_as(&format!(
+                            "SELECT {RUNBOOK_COLS} FROM runbooks ORDER BY key"
+                        ))
+                        .fetch_all(self.reader())
+                        .await?,
+                    )
                 }
 
                 async fn update_runbook(&self, rb: &RunbookRecord) -> Result<bool> {
@@ -627,7 +635,7 @@ macro_rules! automation_store {
                             .bind(job.runbook_version)
                             .bind(&job.started_by)
                             .bind(&job.run_on)
-                            .bind(&job.status)
+                            .bind(job.status.as_str())
                             .bind(&job.status_details)
                             .bind(&job.exception)
                             .bind(&job.parameters)
@@ -649,7 +657,7 @@ macro_rules! automation_store {
                                  VALUES ($1, 1, $2, '', $3)",
                             )
                             .bind(&job.id)
-                            .bind(&job.status)
+                            .bind(job.status.as_str())
                             .bind(job.created)
                             .execute(&mut *tx)
                             .await?;
@@ -682,8 +690,8 @@ macro_rules! automation_store {
                 async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<JobRecord>> {
                     let mut qb: sqlx::QueryBuilder<Db> =
                         sqlx::QueryBuilder::new(format!("SELECT {JOB_COLS} FROM jobs WHERE 1 = 1"));
-                    if let Some(s) = &f.status {
-                        qb.push(" AND status = ").push_bind(s);
+                    if let Some(s) = f.status {
+                        qb.push(" AND status = ").push_bind(s.as_str());
                     }
                     if let Some(r) = &f.runbook_id {
                         qb.push(" AND runbook_id = ").push_bind(r);
@@ -729,8 +737,15 @@ macro_rules! automation_store {
                     if n <= 0 {
                         return Ok(Vec::new());
                     }
-                    self.claim_queued(group.to_owned(), worker.to_owned(), n, lease_until, now, cap)
-                        .await
+                    self.claim_queued(
+                        group.to_owned(),
+                        worker.to_owned(),
+                        n,
+                        lease_until,
+                        now,
+                        cap,
+                    )
+                    .await
                 }
 
                 async fn start_job(
@@ -841,7 +856,7 @@ macro_rules! automation_store {
                             if done.rows_affected() != 1 {
                                 return Ok(false);
                             }
-                            transition(tx, &id, &end.status, &end.details, end.at).await?;
+                            transition(tx, &id, end.status.as_str(), &end.details, end.at).await?;
                             sqlx::query("DELETE FROM job_tokens WHERE job_id = $1")
                                 .bind(&id)
                                 .execute(&mut *tx)
@@ -874,7 +889,7 @@ macro_rules! automation_store {
                             let Some(status) = status else {
                                 return Ok(None);
                             };
-                            apply(tx, &id, &rule(&status), now).await?;
+                            apply(tx, &id, &rule(stored_status(status)?), now).await?;
                             Ok(Some(job_by_id(tx, &id).await?))
                         })
                     })
@@ -895,7 +910,7 @@ macro_rules! automation_store {
                             let Some((status, group)) = row else {
                                 return Ok(false);
                             };
-                            let decision = rule(&status);
+                            let decision = rule(stored_status(status)?);
                             if decision.changes.is_empty() {
                                 return Ok(false);
                             }
@@ -950,8 +965,9 @@ macro_rules! automation_store {
                                 .bind(&id)
                                 .execute(&mut *tx)
                                 .await?;
+                                let status = stored_status(status)?;
                                 let decision = rule(&LapsedJob {
-                                    status: &status,
+                                    status,
                                     restarts,
                                     worker: worker.as_deref(),
                                 });
@@ -963,7 +979,7 @@ macro_rules! automation_store {
                                 if decision.requeue {
                                     requeued.insert(run_on);
                                 }
-                                let last = decision.changes.last().map(|c| c.status.clone());
+                                let last = decision.changes.last().map(|c| c.status);
                                 lapsed.push(LapsedLease {
                                     job_id: id,
                                     worker,

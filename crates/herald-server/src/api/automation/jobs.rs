@@ -69,9 +69,7 @@ pub(super) async fn list_jobs(
     let status = match &q.status {
         Some(s) => Some(
             JobStatus::parse(s)
-                .ok_or_else(|| ApiError::bad_parameter(format!("unknown job status '{s}'")))?
-                .as_str()
-                .to_owned(),
+                .ok_or_else(|| ApiError::bad_parameter(format!("unknown job status '{s}'")))?,
         ),
         None => None,
     };
@@ -221,7 +219,7 @@ pub(super) fn follow(
                 Ok(j) => j,
                 Err(_) => return,
             };
-            if JobStatus::parse(&job.status).is_some_and(JobStatus::is_final) {
+            if job.status.is_final() {
                 // Records land before the final status; one more read catches stragglers.
                 if let Ok(rest) = st
                     .automation
