@@ -54,7 +54,7 @@ fn webhook(name: &str, runbook_id: &str, token: &str) -> WebhookRecord {
 /// A queued job; ids sort like creation times (as uuid v7 ids do).
 fn job(n: i64, runbook_id: &str, run_on: &str) -> JobRecord {
     JobRecord {
-        id: format!("job-{n:06}"),
+        id: format!("job-{n:06}").into(),
         runbook_id: runbook_id.to_owned(),
         runbook_name: runbook_id.trim_start_matches("rb-").to_owned(),
         runbook_version: 1,
@@ -356,7 +356,7 @@ async fn scenario_create_and_list_jobs(s: &dyn AutomationStore) {
         )
         .await
         .unwrap(),
-        JobCreated::Existing(j1.id.clone())
+        JobCreated::Existing(j1.id.to_string())
     );
     assert_eq!(s.job(&j2.id).await.unwrap(), None, "nothing written");
     assert_eq!(
@@ -384,7 +384,7 @@ async fn scenario_create_and_list_jobs(s: &dyn AutomationStore) {
         s.create_job(&j4, Some(("wh-hook", "key-1", j1.created + 1)), None)
             .await
             .unwrap(),
-        JobCreated::Existing(j3.id.clone())
+        JobCreated::Existing(j3.id.to_string())
     );
     assert_eq!(statuses(s, &j1.id).await, ["New"]);
     let t = &s.job_transitions(&j1.id).await.unwrap()[0];
@@ -1139,7 +1139,7 @@ async fn pg_claimers_never_share_a_job() {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let unique: BTreeSet<&String> = all.iter().collect();
+    let unique: BTreeSet<&JobId> = all.iter().collect();
     assert_eq!(all.len() as i64, JOBS, "every job leased exactly once");
     assert_eq!(unique.len() as i64, JOBS);
     for id in &all {
@@ -1235,13 +1235,13 @@ async fn pg_racing_idempotency_keys_agree_on_one_job() {
         for i in 0..10usize {
             let node = pick(&a, &b, i);
             let mut j = job(i as i64, "rb-rb", "");
-            j.id = format!("job-{key}-{i:02}");
+            j.id = format!("job-{key}-{i:02}").into();
             tasks.push(tokio::spawn(async move {
                 let got = node
                     .create_job(&j, Some(("wh-hook", key, 0)), Some(("wh-hook", 5)))
                     .await
                     .unwrap();
-                (j.id, got)
+                (j.id.to_string(), got)
             }));
         }
         let mut results = Vec::new();
@@ -1270,7 +1270,7 @@ async fn pg_racing_idempotency_keys_agree_on_one_job() {
         let prefix = format!("job-{key}-");
         let mine: Vec<String> = jobs
             .into_iter()
-            .map(|j| j.id)
+            .map(|j| j.id.to_string())
             .filter(|id| id.starts_with(&prefix))
             .collect();
         assert_eq!(mine, [winner]);

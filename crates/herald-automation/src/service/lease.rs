@@ -141,7 +141,7 @@ impl AutomationService {
             .put_job_token(&hash_token(&token), &job.id, expires)
             .await?;
         Ok(LeasedJob {
-            job_id: job.id.clone(),
+            job_id: job.id.to_string(),
             runbook: job.runbook_name.clone(),
             kind,
             script: frozen.0.clone(),

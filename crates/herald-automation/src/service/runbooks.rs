@@ -195,7 +195,7 @@ impl AutomationService {
         )?;
         self.store().create_job(&job, None, None).await?;
         self.queued_log(&job);
-        Ok(job.id)
+        Ok(job.id.to_string())
     }
 
     pub(super) async fn published(&self, rb: &RunbookRecord) -> Result<(i64, Vec<ParamDecl>)> {
@@ -249,7 +249,7 @@ impl AutomationService {
         let sealed = self.inner.master.seal_direct(&input, id.as_bytes());
         let now = now_ms();
         Ok(JobRecord {
-            id,
+            id: id.into(),
             runbook_id: rb.id.clone(),
             runbook_name: rb.name.clone(),
             runbook_version: version,

@@ -305,7 +305,7 @@ impl AutomationService {
             JobCreated::Created => {
                 self.queued_log(&job);
                 Ok(Invoked {
-                    job_id: job.id,
+                    job_id: job.id.to_string(),
                     replayed: false,
                 })
             }

@@ -4,6 +4,7 @@
 
 use crate::Result;
 use async_trait::async_trait;
+pub use herald_core::id::JobId;
 pub use herald_core::job::JobStatus;
 use std::sync::Arc;
 
@@ -67,7 +68,8 @@ pub struct WebhookPatch {
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct JobRecord {
-    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub id: JobId,
     pub runbook_id: String,
     pub runbook_name: String,
     pub runbook_version: i64,

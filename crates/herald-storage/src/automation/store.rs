@@ -613,12 +613,12 @@ macro_rules! automation_store {
                                 )
                                 .bind(webhook)
                                 .bind(key)
-                                .bind(&job.id)
+                                .bind(job.id.as_str())
                                 .bind(job.created)
                                 .bind(since)
                                 .fetch_one(&mut *tx)
                                 .await?;
-                                if owner != job.id {
+                                if job.id != owner.as_str() {
                                     // The conflict branch rewrote the live key
                                     // unchanged: nothing else is written.
                                     return Ok(JobCreated::Existing(owner));
@@ -629,7 +629,7 @@ macro_rules! automation_store {
                                  ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
                                  $15, $16, $17, $18, $19, $20, $21)"
                             ))
-                            .bind(&job.id)
+                            .bind(job.id.as_str())
                             .bind(&job.runbook_id)
                             .bind(&job.runbook_name)
                             .bind(job.runbook_version)
@@ -656,7 +656,7 @@ macro_rules! automation_store {
                                 "INSERT INTO job_transitions (job_id, seq, status, details, at) \
                                  VALUES ($1, 1, $2, '', $3)",
                             )
-                            .bind(&job.id)
+                            .bind(job.id.as_str())
                             .bind(job.status.as_str())
                             .bind(job.created)
                             .execute(&mut *tx)
