@@ -76,6 +76,12 @@ macro_rules! string_id {
             }
         }
 
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_owned())
+            }
+        }
+
         impl std::ops::Deref for $name {
             type Target = str;
 
@@ -125,5 +131,67 @@ impl JobId {
     /// A new random job id.
     pub fn generate() -> Self {
         Self(uuid::Uuid::new_v4().to_string())
+    }
+}
+
+string_id!(
+    /// A runbook's id: a time-ordered UUID.
+    RunbookId
+);
+
+impl RunbookId {
+    /// A new time-ordered runbook id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+}
+
+string_id!(
+    /// An Automation webhook's id: a time-ordered UUID.
+    WebhookId
+);
+
+impl WebhookId {
+    /// A new time-ordered webhook id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+}
+
+string_id!(
+    /// A topic's id (`tpc_` and a time-ordered UUID), custom or a vault's
+    /// system topic.
+    TopicId
+);
+
+impl TopicId {
+    /// A new topic id.
+    pub fn generate() -> Self {
+        Self(format!("tpc_{}", uuid::Uuid::now_v7().simple()))
+    }
+}
+
+string_id!(
+    /// An event subscription's id (`sub_` and a time-ordered UUID, or the
+    /// id a copied subscription keeps).
+    SubscriptionId
+);
+
+impl SubscriptionId {
+    /// A new event subscription id.
+    pub fn generate() -> Self {
+        Self(format!("sub_{}", uuid::Uuid::now_v7().simple()))
+    }
+}
+
+string_id!(
+    /// A vault's id (`vlt_` and a time-ordered UUID).
+    VaultId
+);
+
+impl VaultId {
+    /// A new vault id.
+    pub fn generate() -> Self {
+        Self(format!("vlt_{}", uuid::Uuid::now_v7().simple()))
     }
 }

@@ -44,8 +44,8 @@ pub(crate) struct RouterFeed {
 
 /// A subscription opened for reading.
 pub(crate) struct RouterReader {
-    subscription_id: String,
-    topic_id: String,
+    subscription_id: herald_core::id::SubscriptionId,
+    topic_id: herald_core::id::TopicId,
     /// The subscription's filter, compiled once per worker.
     matcher: Matcher,
     waker: Arc<Notify>,
@@ -82,7 +82,7 @@ impl Feed for RouterFeed {
                 r.provisioning_state == ProvisioningState::Succeeded && r.config.contains(&kind)
             })
             .map(|r| Listed {
-                id: r.id,
+                id: r.id.to_string(),
                 version: r.updated,
             })
             .collect())

@@ -8,6 +8,7 @@ use crate::subscription::{SubscriptionInput, SubscriptionProperties, parse_iso_d
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
+use herald_core::id::{SubscriptionId, TopicId};
 use herald_core::seal::MasterKey;
 use herald_core::{ArmScope, ProvisioningState};
 use herald_storage::{
@@ -283,7 +284,7 @@ impl RouterService {
             }
             _ => {}
         }
-        let id = format!("tpc_{}", uuid::Uuid::now_v7().simple());
+        let id = TopicId::generate();
         let (k1, k2) = (new_key(), new_key());
         let record = TopicRecord {
             key1: self.seal_key(&id, 1, &k1),
@@ -570,7 +571,7 @@ impl RouterService {
             id: existing
                 .as_ref()
                 .map(|e| e.id.clone())
-                .unwrap_or_else(|| format!("sub_{}", uuid::Uuid::now_v7().simple())),
+                .unwrap_or_else(SubscriptionId::generate),
             topic_id: topic.record.id.clone(),
             name: name.to_owned(),
             config: serde_json::to_string(&properties)

@@ -64,7 +64,7 @@ pub struct TokenRecord {
 #[derive(Debug, Clone)]
 pub struct LoggedEvent {
     pub seq: i64,
-    pub topic_id: String,
+    pub topic_id: router::TopicId,
     pub event: EventGridEvent,
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 fn runbook(name: &str, settings: &str) -> RunbookRecord {
     RunbookRecord {
-        id: format!("rb-{}", name.to_lowercase()),
+        id: format!("rb-{}", name.to_lowercase()).into(),
         key: name.to_lowercase(),
         name: name.to_owned(),
         kind: "bash".into(),
@@ -34,10 +34,10 @@ fn runbook(name: &str, settings: &str) -> RunbookRecord {
 
 fn webhook(name: &str, runbook_id: &str, token: &str) -> WebhookRecord {
     WebhookRecord {
-        id: format!("wh-{name}"),
+        id: format!("wh-{name}").into(),
         key: name.to_lowercase(),
         name: name.to_owned(),
-        runbook_id: runbook_id.to_owned(),
+        runbook_id: runbook_id.into(),
         token_hash: token.to_owned(),
         is_enabled: true,
         expiry: 9_999_999,
@@ -55,7 +55,7 @@ fn webhook(name: &str, runbook_id: &str, token: &str) -> WebhookRecord {
 fn job(n: i64, runbook_id: &str, run_on: &str) -> JobRecord {
     JobRecord {
         id: format!("job-{n:06}").into(),
-        runbook_id: runbook_id.to_owned(),
+        runbook_id: runbook_id.into(),
         runbook_name: runbook_id.trim_start_matches("rb-").to_owned(),
         runbook_version: 1,
         started_by: "tester".into(),

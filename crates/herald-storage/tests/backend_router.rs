@@ -30,7 +30,7 @@ fn now_ms() -> i64 {
 
 fn topic(name: &str) -> TopicRecord {
     TopicRecord {
-        id: format!("topic-{name}"),
+        id: format!("topic-{name}").into(),
         kind: "custom".into(),
         name: name.into(),
         arm_id: format!(
@@ -46,7 +46,7 @@ fn topic(name: &str) -> TopicRecord {
 
 fn sub(topic_id: &str, name: &str) -> SubscriptionRecord {
     SubscriptionRecord {
-        id: format!("{topic_id}/sub-{name}"),
+        id: format!("{topic_id}/sub-{name}").into(),
         topic_id: topic_id.into(),
         name: name.into(),
         config: r#"{"destination":{"endpointType":"StorageQueue"}}"#.into(),
@@ -285,7 +285,7 @@ async fn log_and_subscriptions(s: Store) {
         .map(|x| x.name)
         .collect();
     assert_eq!(names, ["B-sub", "a-sub", "s1"]);
-    let ids: Vec<String> = s
+    let ids: Vec<SubscriptionId> = s
         .all_subscriptions()
         .await
         .unwrap()

@@ -24,7 +24,7 @@ fn vault_with(name: &str, near_expiry_secs: i64) -> (VaultRecord, TopicRecord) {
     let id = format!("vault-{name}");
     (
         VaultRecord {
-            id: id.clone(),
+            id: id.clone().into(),
             name: name.to_owned(),
             settings: VaultSettings {
                 retention_days: 7,
@@ -34,7 +34,7 @@ fn vault_with(name: &str, near_expiry_secs: i64) -> (VaultRecord, TopicRecord) {
             created: 1_000,
         },
         TopicRecord {
-            id: format!("topic-{name}"),
+            id: format!("topic-{name}").into(),
             kind: "system".into(),
             name: format!("{name}-topic"),
             arm_id: format!("/arm/vaults/{name}"),
@@ -925,7 +925,7 @@ async fn pg_concurrent_put_version_takes_distinct_ordinals() {
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let published: i64 =
         sqlx::query_scalar("SELECT value FROM counters WHERE scope = $1 AND name = 'published'")
-            .bind(&topic.id)
+            .bind(topic.id.as_str())
             .fetch_one(&pool)
             .await
             .unwrap();
@@ -1055,8 +1055,8 @@ async fn pg_racing_creates_and_restores() {
     for i in 0..6 {
         let node = if i % 2 == 0 { a.clone() } else { b.clone() };
         let (mut v, mut t) = (kv.clone(), topic.clone());
-        v.id = format!("id-{i}");
-        t.id = format!("topic-{i}");
+        v.id = format!("id-{i}").into();
+        t.id = format!("topic-{i}").into();
         tasks.push(tokio::spawn(async move {
             node.create_vault(&v, &t).await.unwrap()
         }));

@@ -339,13 +339,13 @@ impl VaultService {
         settings.validate().map_err(VaultError::BadParameter)?;
         let created = now();
         let vault = VaultRecord {
-            id: format!("vlt_{}", uuid::Uuid::now_v7().simple()),
+            id: herald_core::id::VaultId::generate(),
             name: name.as_str().to_owned(),
             settings,
             created,
         };
         let topic = TopicRecord {
-            id: format!("tpc_{}", uuid::Uuid::now_v7().simple()),
+            id: herald_core::id::TopicId::generate(),
             kind: "system".into(),
             name: name.as_str().to_owned(),
             arm_id: self.scope.vault_topic(name.as_str()),

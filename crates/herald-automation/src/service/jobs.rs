@@ -23,7 +23,7 @@ impl AutomationService {
     }
 
     /// The id of the runbook named `name`.
-    pub async fn runbook_id(&self, name: &str) -> Result<String> {
+    pub async fn runbook_id(&self, name: &str) -> Result<RunbookId> {
         Ok(self.runbook(name).await?.id)
     }
 

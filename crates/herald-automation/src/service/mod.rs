@@ -5,6 +5,7 @@
 use crate::model::*;
 use crate::sandbox::RunbookKind;
 use base64::Engine;
+use herald_core::id::RunbookId;
 use herald_core::seal::MasterKey;
 use herald_storage::Storage;
 use rand::RngCore;
@@ -224,7 +225,7 @@ struct Inner {
     /// Values fetched by a job (secrets, assets) that its records must hide.
     masks: Mutex<HashMap<String, Vec<String>>>,
     /// Published versions are immutable: (runbook id, version) → (content, params).
-    version_cache: Mutex<HashMap<(String, i64), Frozen>>,
+    version_cache: Mutex<HashMap<(RunbookId, i64), Frozen>>,
 }
 
 /// The Automation service: runbooks and their published versions, token

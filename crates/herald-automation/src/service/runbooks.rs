@@ -41,7 +41,7 @@ impl AutomationService {
         settings.apply(body)?;
         let now = now_ms();
         let rb = RunbookRecord {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: RunbookId::generate(),
             key: name.to_ascii_lowercase(),
             name: name.clone(),
             kind: kind.as_str().to_owned(),

@@ -71,7 +71,7 @@ impl AutomationService {
             None => (new_webhook_token(), false),
         };
         let wh = WebhookRecord {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: herald_core::id::WebhookId::generate(),
             key: name.to_ascii_lowercase(),
             name: name.clone(),
             runbook_id: rb.id.clone(),

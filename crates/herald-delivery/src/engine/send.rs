@@ -107,7 +107,7 @@ where
         }
         // One log record per request: a batch shares its fate.
         let attempts = vec![AttemptRecord {
-            subscription_id: sub.id().to_owned(),
+            subscription_id: sub.id().into(),
             seq: batch.messages.first().map_or(0, |m| m.row.seq),
             event_ids: batch.event_ids,
             attempt,

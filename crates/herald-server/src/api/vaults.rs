@@ -32,7 +32,7 @@ struct CreateVault {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VaultDto {
-    id: String,
+    id: herald_core::id::VaultId,
     name: String,
     vault_uri: String,
     soft_delete_retention_in_days: i64,

@@ -4,7 +4,7 @@
 
 use crate::Result;
 use async_trait::async_trait;
-pub use herald_core::id::JobId;
+pub use herald_core::id::{JobId, RunbookId, WebhookId};
 pub use herald_core::job::JobStatus;
 use std::sync::Arc;
 
@@ -12,7 +12,8 @@ pub(crate) mod store;
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RunbookRecord {
-    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub id: RunbookId,
     pub key: String,
     pub name: String,
     pub kind: String,
@@ -29,7 +30,8 @@ pub struct RunbookRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RunbookVersionRecord {
-    pub runbook_id: String,
+    #[sqlx(try_from = "String")]
+    pub runbook_id: RunbookId,
     pub version: i64,
     pub content: String,
     pub params: String,
@@ -38,10 +40,12 @@ pub struct RunbookVersionRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct WebhookRecord {
-    pub id: String,
+    #[sqlx(try_from = "String")]
+    pub id: WebhookId,
     pub key: String,
     pub name: String,
-    pub runbook_id: String,
+    #[sqlx(try_from = "String")]
+    pub runbook_id: RunbookId,
     pub token_hash: String,
     pub is_enabled: bool,
     pub expiry: i64,
@@ -70,7 +74,8 @@ pub struct WebhookPatch {
 pub struct JobRecord {
     #[sqlx(try_from = "String")]
     pub id: JobId,
-    pub runbook_id: String,
+    #[sqlx(try_from = "String")]
+    pub runbook_id: RunbookId,
     pub runbook_name: String,
     pub runbook_version: i64,
     pub started_by: String,
@@ -123,7 +128,7 @@ pub enum JobCreated {
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub status: Option<JobStatus>,
-    pub runbook_id: Option<String>,
+    pub runbook_id: Option<RunbookId>,
     pub created_after: Option<i64>,
     /// Jobs with ids below this (newest first paging).
     pub before_id: Option<String>,

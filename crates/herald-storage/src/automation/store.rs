@@ -258,7 +258,7 @@ macro_rules! automation_store {
                                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10) \
                                  ON CONFLICT (key) DO NOTHING",
                             )
-                            .bind(&rb.id)
+                            .bind(rb.id.as_str())
                             .bind(&rb.key)
                             .bind(&rb.name)
                             .bind(&rb.kind)
@@ -472,10 +472,10 @@ macro_rules! automation_store {
                                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, \
                                  $12, $13) ON CONFLICT DO NOTHING",
                             )
-                            .bind(&wh.id)
+                            .bind(wh.id.as_str())
                             .bind(&wh.key)
                             .bind(&wh.name)
-                            .bind(&wh.runbook_id)
+                            .bind(wh.runbook_id.as_str())
                             .bind(&wh.token_hash)
                             .bind(wh.is_enabled)
                             .bind(wh.expiry)
@@ -630,7 +630,7 @@ macro_rules! automation_store {
                                  $15, $16, $17, $18, $19, $20, $21)"
                             ))
                             .bind(job.id.as_str())
-                            .bind(&job.runbook_id)
+                            .bind(job.runbook_id.as_str())
                             .bind(&job.runbook_name)
                             .bind(job.runbook_version)
                             .bind(&job.started_by)
@@ -694,7 +694,7 @@ macro_rules! automation_store {
                         qb.push(" AND status = ").push_bind(s.as_str());
                     }
                     if let Some(r) = &f.runbook_id {
-                        qb.push(" AND runbook_id = ").push_bind(r);
+                        qb.push(" AND runbook_id = ").push_bind(r.as_str());
                     }
                     if let Some(t) = f.created_after {
                         qb.push(" AND created >= ").push_bind(t);

@@ -5,11 +5,12 @@ pub(crate) mod store;
 use crate::Result;
 use async_trait::async_trait;
 use herald_core::ProvisioningState;
+pub use herald_core::id::{SubscriptionId, TopicId};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRecord {
-    pub id: String,
+    pub id: TopicId,
     /// `system` (a vault's lifecycle events) or `custom`.
     pub kind: String,
     pub name: String,
@@ -35,7 +36,7 @@ where
 {
     fn from_row(r: &'r R) -> std::result::Result<Self, sqlx::Error> {
         Ok(TopicRecord {
-            id: r.try_get("id")?,
+            id: TopicId::from(r.try_get::<String, _>("id")?),
             kind: r.try_get("kind")?,
             name: r.try_get("name")?,
             arm_id: r.try_get("arm_id")?,
@@ -50,8 +51,10 @@ where
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SubscriptionRecord {
-    pub id: String,
-    pub topic_id: String,
+    #[sqlx(try_from = "String")]
+    pub id: SubscriptionId,
+    #[sqlx(try_from = "String")]
+    pub topic_id: TopicId,
     pub name: String,
     /// The subscription's properties as Azure-named JSON.
     pub config: String,
@@ -206,7 +209,7 @@ pub enum FreshOutcome {
 /// One delivery attempt of one event, for the delivery log.
 #[derive(Debug, Clone)]
 pub struct AttemptRecord {
-    pub subscription_id: String,
+    pub subscription_id: SubscriptionId,
     /// The first event of the request; a batch is one attempt.
     pub seq: i64,
     /// Every event the request carried, in order; never empty.
@@ -223,7 +226,8 @@ pub struct AttemptRecord {
 /// A pending manual validation of a webhook subscription.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingValidation {
-    pub subscription_id: String,
+    #[sqlx(try_from = "String")]
+    pub subscription_id: SubscriptionId,
     pub code: String,
     pub expires_at: i64,
 }

@@ -753,7 +753,7 @@ macro_rules! router_store {
                                  input_mapping, key1, key2) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                                  ON CONFLICT (name) DO NOTHING",
                             )
-                            .bind(&t.id)
+                            .bind(t.id.as_str())
                             .bind(&t.kind)
                             .bind(&t.name)
                             .bind(&t.arm_id)
@@ -889,8 +889,8 @@ macro_rules! router_store {
                                  (SELECT COALESCE(MAX(seq), 0) + 1 FROM event_log), $7, $8) \
                                  ON CONFLICT (topic_id, name) DO NOTHING",
                             )
-                            .bind(&s.id)
-                            .bind(&s.topic_id)
+                            .bind(s.id.as_str())
+                            .bind(s.topic_id.as_str())
                             .bind(&s.name)
                             .bind(&s.config)
                             .bind(s.provisioning_state.as_str())
@@ -911,7 +911,7 @@ macro_rules! router_store {
                                 .bind(s.provisioning_state.as_str())
                                 .bind(&s.state_reason)
                                 .bind(s.updated)
-                                .bind(&s.topic_id)
+                                .bind(s.topic_id.as_str())
                                 .bind(&s.name)
                                 .execute(&mut *tx)
                                 .await?;
@@ -1275,7 +1275,7 @@ macro_rules! router_store {
                             Ok((
                                 r.try_get("id")?,
                                 AttemptRecord {
-                                    subscription_id: r.try_get("subscription_id")?,
+                                    subscription_id: r.try_get::<String, _>("subscription_id")?.into(),
                                     seq: r.try_get("seq")?,
                                     event_ids: AttemptRecord::stored_event_ids(
                                         r.try_get("event_id")?,

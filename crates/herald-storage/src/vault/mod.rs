@@ -6,11 +6,12 @@ pub(crate) mod store;
 use crate::{LoggedEvent, Result, TokenRecord, TopicRecord};
 use async_trait::async_trait;
 use herald_core::EventGridEvent;
+pub use herald_core::id::VaultId;
 use herald_core::vault::VaultSettings;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultRecord {
-    pub id: String,
+    pub id: VaultId,
     pub name: String,
     pub settings: VaultSettings,
     pub created: i64,
@@ -19,7 +20,7 @@ pub struct VaultRecord {
 /// The secret as a whole (all versions share it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretRecord {
-    pub vault_id: String,
+    pub vault_id: VaultId,
     /// Lower-cased lookup key.
     pub key: String,
     /// Display name, as first created.

@@ -30,7 +30,7 @@ macro_rules! vault_store {
 
             fn vault_from_row(r: &DbRow) -> Result<VaultRecord> {
                 Ok(VaultRecord {
-                    id: r.try_get("id")?,
+                    id: r.try_get::<String, _>("id")?.into(),
                     name: r.try_get("name")?,
                     settings: VaultSettings {
                         retention_days: r.try_get("retention_days")?,
@@ -43,7 +43,7 @@ macro_rules! vault_store {
 
             fn secret_from_row(r: &DbRow) -> Result<SecretRecord> {
                 Ok(SecretRecord {
-                    vault_id: r.try_get("vault_id")?,
+                    vault_id: r.try_get::<String, _>("vault_id")?.into(),
                     key: r.try_get("name_key")?,
                     name: r.try_get("name")?,
                     deleted_at: r.try_get("deleted_at")?,
@@ -347,7 +347,7 @@ macro_rules! vault_store {
                                  near_expiry_secs, created) VALUES ($1, $2, $3, $4, $5, $6) \
                                  ON CONFLICT (name) DO NOTHING",
                             )
-                            .bind(&v.id)
+                            .bind(v.id.as_str())
                             .bind(&v.name)
                             .bind(v.settings.retention_days)
                             .bind(v.settings.purge_protection)
@@ -364,11 +364,11 @@ macro_rules! vault_store {
                                 "INSERT INTO topics (id, kind, name, arm_id, vault_id, created) \
                                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
                             )
-                            .bind(&t.id)
+                            .bind(t.id.as_str())
                             .bind(&t.kind)
                             .bind(&t.name)
                             .bind(&t.arm_id)
-                            .bind(&v.id)
+                            .bind(v.id.as_str())
                             .bind(t.created)
                             .execute(&mut *tx)
                             .await?
@@ -378,7 +378,7 @@ macro_rules! vault_store {
                                 // since the check above: take the vault back,
                                 // just as if the check had seen it.
                                 sqlx::query("DELETE FROM vaults WHERE id = $1")
-                                    .bind(&v.id)
+                                    .bind(v.id.as_str())
                                     .execute(&mut *tx)
                                     .await?;
                                 return Ok(false);
@@ -703,7 +703,7 @@ macro_rules! vault_store {
                                 log_vault_event(&mut *tx, &vault_id, e).await?;
                             }
                             Ok(Ok(SecretRecord {
-                                vault_id,
+                                vault_id: vault_id.into(),
                                 key,
                                 name,
                                 deleted_at: None,
@@ -831,7 +831,7 @@ macro_rules! vault_store {
                             let near_done: bool = r.try_get("near_expiry_done")?;
                             Ok(DueExpiry {
                                 vault: VaultRecord {
-                                    id: r.try_get("vt_id")?,
+                                    id: r.try_get::<String, _>("vt_id")?.into(),
                                     name: r.try_get("vt_name")?,
                                     settings: VaultSettings {
                                         retention_days: r.try_get("retention_days")?,
@@ -917,7 +917,7 @@ macro_rules! vault_store {
                             let body: String = r.try_get("body")?;
                             Ok(LoggedEvent {
                                 seq: r.try_get("seq")?,
-                                topic_id: r.try_get("topic_id")?,
+                                topic_id: r.try_get::<String, _>("topic_id")?.into(),
                                 event: serde_json::from_str(&body)
                                     .map_err(|e| StorageError::Corrupt(e.to_string()))?,
                             })
