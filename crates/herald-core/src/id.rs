@@ -39,20 +39,6 @@ pub fn new_token(prefix: &str) -> String {
     format!("{prefix}_{}", hex::encode(bytes))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions() {
-        let v = SecretVersion::generate();
-        assert_eq!(v.as_str().len(), 32);
-        assert_eq!(SecretVersion::parse(v.as_str()), Some(v));
-        assert!(SecretVersion::parse("versions").is_none());
-        assert!(new_token("hrd").starts_with("hrd_"));
-    }
-}
-
 /// Declares an opaque string id: it reads as `&str` (`Deref`, `as_str`),
 /// prints and serializes as its text, and is only made from a stored or
 /// generated string, so ids of different kinds cannot be mixed up.
@@ -123,14 +109,14 @@ macro_rules! string_id {
 }
 
 string_id!(
-    /// A job's id: a GUID, as Azure Automation gives jobs.
+    /// A job's id: a GUID, as Azure Automation gives jobs (time-ordered).
     JobId
 );
 
 impl JobId {
-    /// A new random job id.
+    /// A new time-ordered job id.
     pub fn generate() -> Self {
-        Self(uuid::Uuid::new_v4().to_string())
+        Self(uuid::Uuid::now_v7().to_string())
     }
 }
 
@@ -193,5 +179,19 @@ impl VaultId {
     /// A new vault id.
     pub fn generate() -> Self {
         Self(format!("vlt_{}", uuid::Uuid::now_v7().simple()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        let v = SecretVersion::generate();
+        assert_eq!(v.as_str().len(), 32);
+        assert_eq!(SecretVersion::parse(v.as_str()), Some(v));
+        assert!(SecretVersion::parse("versions").is_none());
+        assert!(new_token("hrd").starts_with("hrd_"));
     }
 }

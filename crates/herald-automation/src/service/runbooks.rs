@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::sandbox::find_interpreter;
-use herald_storage::{JobRecord, RunbookRecord};
+use herald_storage::{JobId, JobRecord, RunbookRecord};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -227,7 +227,7 @@ impl AutomationService {
         secure: BTreeMap<String, Value>,
         webhook_data: Option<WebhookData>,
     ) -> Result<JobRecord> {
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = JobId::generate();
         // Azure logs every input with the job; secure values are masked.
         let mut shown: Map<String, Value> = plain.clone().into_iter().collect();
         for k in secure.keys() {
@@ -249,7 +249,7 @@ impl AutomationService {
         let sealed = self.inner.master.seal_direct(&input, id.as_bytes());
         let now = now_ms();
         Ok(JobRecord {
-            id: id.into(),
+            id,
             runbook_id: rb.id.clone(),
             runbook_name: rb.name.clone(),
             runbook_version: version,
