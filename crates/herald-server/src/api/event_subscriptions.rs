@@ -13,10 +13,11 @@ use axum::{Json, Router};
 use chrono::{TimeZone, Utc};
 use herald_router::subscription::SubscriptionInput;
 use herald_router::{Subscription, TopicInfo};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::topics::time;
+use super::{List, Metrics};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -43,67 +44,110 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-fn subscription_dto(topic: &TopicInfo, s: &Subscription) -> Value {
-    let mut v = match serde_json::to_value(&s.properties) {
+/// An event subscription as the management API returns it: the settings
+/// the user gave, as Event Grid names them, beside what Herald keeps about it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscriptionDto {
+    /// The stored settings (destination, filter, retry policy, ...).
+    #[serde(flatten)]
+    settings: Map<String, Value>,
+    /// Only on a single push subscription's GET.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active_signing_secrets: Option<usize>,
+    created_at: String,
+    /// Only on a single subscription's GET, while the engine tracks it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery_health: Option<herald_delivery::Health>,
+    id: String,
+    /// Only on a single subscription's GET.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<Metrics>,
+    name: String,
+    provisioning_state: herald_core::ProvisioningState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_reason: Option<String>,
+    topic: String,
+    updated_at: String,
+}
+
+fn subscription_dto(topic: &TopicInfo, s: &Subscription) -> SubscriptionDto {
+    let mut settings = match serde_json::to_value(&s.properties) {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
     };
     // The full URL often carries a secret in its query; show only its base, as ARM does.
-    if let Some(Value::Object(props)) = v
+    if let Some(Value::Object(props)) = settings
         .get_mut("destination")
         .and_then(|d| d.get_mut("properties"))
         && let Some(Value::String(url)) = props.remove("endpointUrl")
     {
         props.insert(
             "endpointBaseUrl".into(),
-            json!(url.split('?').next().unwrap_or_default()),
+            Value::String(url.split('?').next().unwrap_or_default().to_owned()),
         );
     }
-    v.insert("name".into(), json!(s.record.name));
-    v.insert(
-        "id".into(),
-        json!(topic.subscription_arm_id(&s.record.name)),
-    );
-    v.insert("topic".into(), json!(topic.record.arm_id));
-    v.insert(
-        "provisioningState".into(),
-        json!(s.record.provisioning_state),
-    );
-    if let Some(r) = &s.record.state_reason {
-        v.insert("stateReason".into(), json!(r));
+    // The record's own fields win over a setting of the same name.
+    for key in [
+        "activeSigningSecrets",
+        "createdAt",
+        "deliveryHealth",
+        "id",
+        "metrics",
+        "name",
+        "provisioningState",
+        "stateReason",
+        "topic",
+        "updatedAt",
+    ] {
+        settings.remove(key);
     }
-    v.insert("createdAt".into(), json!(time(s.record.created)));
-    v.insert("updatedAt".into(), json!(time(s.record.updated)));
-    Value::Object(v)
+    SubscriptionDto {
+        settings,
+        active_signing_secrets: None,
+        created_at: time(s.record.created),
+        delivery_health: None,
+        id: topic.subscription_arm_id(&s.record.name),
+        metrics: None,
+        name: s.record.name.clone(),
+        provisioning_state: s.record.provisioning_state,
+        state_reason: s.record.state_reason.clone(),
+        topic: topic.record.arm_id.clone(),
+        updated_at: time(s.record.updated),
+    }
 }
 
 async fn list_subscriptions(
     State(st): State<AppState>,
     Path(topic): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<SubscriptionDto>>, ApiError> {
     let t = st.router.topic(&topic).await?;
-    let subs: Vec<Value> = st
+    let subs: List<SubscriptionDto> = st
         .router
         .list_subscriptions(&topic)
         .await?
         .iter()
         .map(|s| subscription_dto(&t, s))
         .collect();
-    Ok(Json(json!({ "value": subs })))
+    Ok(Json(subs))
 }
 
 async fn show_subscription(
     State(st): State<AppState>,
     Path((topic, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubscriptionDto>, ApiError> {
     let (t, s) = st.router.subscription(&topic, &name).await?;
     let mut v = subscription_dto(&t, &s);
-    v["metrics"] = json!(st.router.subscription_metrics(&s).await?);
-    if let Some(h) = st.delivery.health(&s.record.id) {
-        v["deliveryHealth"] = json!(h);
-    }
+    v.metrics = Some(
+        st.router
+            .subscription_metrics(&s)
+            .await?
+            .into_iter()
+            .collect(),
+    );
+    v.delivery_health = st.delivery.health(&s.record.id);
     if !s.properties.is_queue() {
-        v["activeSigningSecrets"] = json!(st.router.signing_secrets(&s.record.id).await?.len());
+        v.active_signing_secrets = Some(st.router.signing_secrets(&s.record.id).await?.len());
     }
     Ok(Json(v))
 }
@@ -152,7 +196,7 @@ async fn patch_subscription(
     State(st): State<AppState>,
     Path((topic, name)): Path<(String, String)>,
     AzJson(body): AzJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SubscriptionDto>, ApiError> {
     let (_, existing) = st.router.subscription(&topic, &name).await?;
     let mut merged = match serde_json::to_value(&existing.properties) {
         Ok(Value::Object(m)) => m,
@@ -272,7 +316,7 @@ async fn replay_dead_letters(
     State(st): State<AppState>,
     Path((topic, name)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Replayed>, ApiError> {
     let req: ReplayBody = if body.is_empty() {
         ReplayBody::default()
     } else {
@@ -288,7 +332,46 @@ async fn replay_dead_letters(
     };
     let replayed = st.router.replay_dead_letters(&sub, ids).await?;
     tracing::info!(topic = %topic, subscription = %name, replayed, "dead-lettered events replayed");
-    Ok(Json(json!({ "replayed": replayed })))
+    Ok(Json(Replayed { replayed }))
+}
+
+/// How many dead letters went back to delivery.
+#[derive(Serialize)]
+struct Replayed {
+    replayed: u64,
+}
+
+/// One request in the delivery log.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AttemptItem {
+    attempt: i64,
+    event_count: usize,
+    /// The first event the request carried.
+    event_id: Option<String>,
+    event_ids: Vec<String>,
+    id: i64,
+    latency_ms: i64,
+    outcome: String,
+    response: Option<String>,
+    status: Option<u16>,
+    time: Option<String>,
+}
+
+/// A page of the delivery log; `nextAfter` continues it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AttemptPage {
+    next_after: Option<i64>,
+    value: Vec<AttemptItem>,
+}
+
+/// A new signing secret, shown once.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RotatedSecret {
+    previous_secrets_valid_for_minutes: i64,
+    signing_secret: String,
 }
 
 #[derive(Deserialize)]
@@ -303,7 +386,7 @@ async fn attempts(
     Path((topic, name)): Path<(String, String)>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
     filter: Result<Query<AttemptQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AttemptPage>, ApiError> {
     let (after, limit) = page_bounds(page)?;
     let Query(filter) = filter.map_err(|_| {
         ApiError::new(
@@ -326,29 +409,33 @@ async fn attempts(
             .as_deref()
             .is_none_or(|id| a.event_ids.iter().any(|e| e == id))
     };
-    let items: Vec<Value> = rows
+    let value: Vec<AttemptItem> = rows
         .iter()
         .filter(|(_, a)| exact(a))
-        .map(|(id, a)| {
-            json!({
-                "id": id,
-                "eventId": a.event_ids.first(),
-                "eventIds": a.event_ids,
-                "eventCount": a.event_ids.len(),
-                "attempt": a.attempt,
-                "time": Utc.timestamp_millis_opt(a.at_ms).single().map(|t| t.to_rfc3339()),
-                "status": a.status,
-                "latencyMs": a.latency_ms,
-                "outcome": a.outcome,
-                "response": a.response,
-            })
+        .map(|(id, a)| AttemptItem {
+            attempt: a.attempt,
+            event_count: a.event_ids.len(),
+            event_id: a.event_ids.first().cloned(),
+            event_ids: a.event_ids.clone(),
+            id: *id,
+            latency_ms: a.latency_ms,
+            outcome: a.outcome.clone(),
+            response: a.response.clone(),
+            status: a.status,
+            time: Utc
+                .timestamp_millis_opt(a.at_ms)
+                .single()
+                .map(|t| t.to_rfc3339()),
         })
         .collect();
     let next = rows
         .last()
         .filter(|_| rows.len() as i64 == limit)
         .map(|(id, _)| *id);
-    Ok(Json(json!({ "value": items, "nextAfter": next })))
+    Ok(Json(AttemptPage {
+        next_after: next,
+        value,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -363,7 +450,7 @@ async fn rotate_signing_secret(
     State(st): State<AppState>,
     Path((topic, name)): Path<(String, String)>,
     q: Result<Query<RotateQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RotatedSecret>, ApiError> {
     let Query(q) = q.map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -381,7 +468,8 @@ async fn rotate_signing_secret(
     }
     let (_, sub) = st.router.subscription(&topic, &name).await?;
     let secret = st.router.rotate_signing_secret(&sub, overlap * 60).await?;
-    Ok(Json(
-        json!({ "signingSecret": secret, "previousSecretsValidForMinutes": overlap }),
-    ))
+    Ok(Json(RotatedSecret {
+        previous_secrets_valid_for_minutes: overlap,
+        signing_secret: secret,
+    }))
 }

@@ -14,8 +14,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use herald_router::Settle;
 use herald_router::auth::Credential;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+
 use std::time::Duration;
 
 pub fn router() -> Router<AppState> {
@@ -152,7 +152,8 @@ async fn publish_namespace(
         ));
     };
     publish(&st, topic, &headers, query.as_deref(), body).await?;
-    Ok((StatusCode::OK, Json(json!({}))).into_response())
+    // Event Grid answers a namespace publish with an empty object.
+    Ok((StatusCode::OK, Json(Empty {})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -252,18 +253,48 @@ async fn pull(
         .router
         .settle(&topic, sub, action, tokens.lock_tokens.clone())
         .await?;
-    let mut ok = Vec::new();
-    let mut failed = Vec::new();
+    let mut settled = Settled {
+        failed_lock_tokens: Vec::new(),
+        succeeded_lock_tokens: Vec::new(),
+    };
     for (token, result) in tokens.lock_tokens.into_iter().zip(results) {
         match result {
-            Ok(()) => ok.push(Value::String(token)),
-            Err(_) => failed.push(json!({
-                "lockToken": token,
-                "error": { "code": "TokenLost", "message": "Token has expired or was already settled." },
-            })),
+            Ok(()) => settled.succeeded_lock_tokens.push(token),
+            Err(_) => settled.failed_lock_tokens.push(FailedLockToken {
+                error: TokenError {
+                    code: "TokenLost",
+                    message: "Token has expired or was already settled.",
+                },
+                lock_token: token,
+            }),
         }
     }
-    Ok(Json(json!({ "succeededLockTokens": ok, "failedLockTokens": failed })).into_response())
+    Ok(Json(settled).into_response())
+}
+
+/// An empty JSON object, `{}`.
+#[derive(Serialize)]
+struct Empty {}
+
+/// The answer to acknowledge, release and reject, as Event Grid words it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Settled {
+    failed_lock_tokens: Vec<FailedLockToken>,
+    succeeded_lock_tokens: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FailedLockToken {
+    error: TokenError,
+    lock_token: String,
+}
+
+#[derive(Serialize)]
+struct TokenError {
+    code: &'static str,
+    message: &'static str,
 }
 
 /// The `validationUrl` sent in the handshake: a GET (or POST) within the

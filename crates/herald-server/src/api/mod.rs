@@ -17,7 +17,41 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use serde::Serialize;
 use std::time::Instant;
+
+/// A list body as Azure writes it: `{"value": [...]}`.
+#[derive(Serialize)]
+pub struct List<T> {
+    /// The items, in the order the service returns them.
+    pub value: Vec<T>,
+}
+
+impl<T> From<Vec<T>> for List<T> {
+    fn from(value: Vec<T>) -> Self {
+        Self { value }
+    }
+}
+
+impl<T> FromIterator<T> for List<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        Self {
+            value: iter.into_iter().collect(),
+        }
+    }
+}
+
+/// Access keys as Event Grid returns them (`listKeys`, `regenerateKey`).
+#[derive(Serialize)]
+pub struct KeyPair {
+    /// The first key.
+    pub key1: String,
+    /// The second key.
+    pub key2: String,
+}
+
+/// A counter map, serialized in name order so bodies are stable.
+pub type Metrics = std::collections::BTreeMap<String, i64>;
 
 /// Largest request body any endpoint reads (event batches need 1 MiB).
 pub const MAX_BODY: usize = 1024 * 1024 + 64 * 1024;

@@ -17,7 +17,7 @@ use herald_core::SecretName;
 use herald_storage::{SecretRecord, VaultRecord, VersionRecord};
 use herald_vault::{DEFAULT_VAULT, NewSecret, SecretUpdate};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 const PAGE_MAX: i64 = 25;
@@ -560,7 +560,7 @@ async fn backup(
     State(st): State<AppState>,
     ctx: VaultCtx,
     p: NameVersionPath,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BackupResult>, ApiError> {
     let Path((name, op)) = p.map_err(path_err)?;
     if op != "backup" {
         return Err(ApiError::not_found(
@@ -570,7 +570,13 @@ async fn backup(
     }
     let name = parse_name(&name)?;
     let blob = st.vault.backup(&ctx.vault, &name).await?;
-    Ok(Json(json!({ "value": blob })))
+    Ok(Json(BackupResult { value: blob }))
+}
+
+/// Key Vault's `BackupSecretResult`: the opaque, sealed backup blob.
+#[derive(Serialize)]
+struct BackupResult {
+    value: String,
 }
 
 /// `POST /secrets/restore` shares its shape with `/secrets/{name}`.

@@ -5,49 +5,102 @@ use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
+use std::collections::BTreeMap;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/", get(status))
 }
 
-async fn status(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// The server overview `herald status` prints. Fields are in wire-name order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    /// Jobs by status.
+    jobs: BTreeMap<String, i64>,
+    remote_workers: Vec<WorkerSummary>,
+    runbooks: usize,
+    sandbox: &'static str,
+    storage: &'static str,
+    subscriptions: Vec<SubscriptionSummary>,
+    topics: Vec<TopicSummary>,
+    vaults: Vec<String>,
+    version: &'static str,
+    webhooks: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SubscriptionSummary {
+    backlog: i64,
+    dead_lettered: i64,
+    delivered: i64,
+    name: String,
+    provisioning_state: herald_core::ProvisioningState,
+    topic: String,
+}
+
+#[derive(Serialize)]
+struct TopicSummary {
+    kind: String,
+    name: String,
+}
+
+#[derive(Serialize)]
+struct WorkerSummary {
+    group: String,
+    id: String,
+}
+
+async fn status(State(st): State<AppState>) -> Result<Json<Status>, ApiError> {
     let vaults = st.vault.list_vaults().await?;
     let topics = st.router.list_topics().await?;
-    let mut subs = Vec::new();
+    let mut subscriptions = Vec::new();
     for t in &topics {
         for s in st.router.list_subscriptions(&t.name).await? {
             let m = st.router.subscription_metrics(&s).await?;
-            subs.push(json!({
-                "topic": t.name,
-                "name": s.record.name,
-                "provisioningState": s.record.provisioning_state,
-                "backlog": m.get("backlog").copied().unwrap_or(0),
-                "delivered": m.get("delivered").copied().unwrap_or(0),
-                "deadLettered": m.get("deadLettered").copied().unwrap_or(0),
-            }));
+            let count = |name: &str| m.get(name).copied().unwrap_or(0);
+            subscriptions.push(SubscriptionSummary {
+                backlog: count("backlog"),
+                dead_lettered: count("deadLettered"),
+                delivered: count("delivered"),
+                name: s.record.name.clone(),
+                provisioning_state: s.record.provisioning_state,
+                topic: t.name.clone(),
+            });
         }
     }
-    let jobs: serde_json::Map<String, Value> = st
+    let jobs = st
         .automation
         .count_jobs_by_status()
         .await?
         .into_iter()
-        .map(|(s, n)| (s, json!(n)))
         .collect();
     let runbooks = st.automation.list_runbooks().await?.len();
     let webhooks = st.automation.list_webhooks(None).await?.len();
     let workers = st.automation.workers().await?;
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "storage": st.storage.engine(),
-        "sandbox": st.sandbox.as_str(),
-        "vaults": vaults.iter().map(|v| v.name.clone()).collect::<Vec<_>>(),
-        "topics": topics.iter().map(|t| json!({"name": t.name, "kind": t.kind})).collect::<Vec<_>>(),
-        "subscriptions": subs,
-        "runbooks": runbooks,
-        "webhooks": webhooks,
-        "jobs": jobs,
-        "remoteWorkers": workers.iter().map(|w| json!({"id": w.id, "group": w.group})).collect::<Vec<_>>(),
-    })))
+    Ok(Json(Status {
+        jobs,
+        remote_workers: workers
+            .iter()
+            .map(|w| WorkerSummary {
+                group: w.group.clone(),
+                id: w.id.clone(),
+            })
+            .collect(),
+        runbooks,
+        sandbox: st.sandbox.as_str(),
+        storage: st.storage.engine(),
+        subscriptions,
+        topics: topics
+            .iter()
+            .map(|t| TopicSummary {
+                kind: t.kind.clone(),
+                name: t.name.clone(),
+            })
+            .collect(),
+        vaults: vaults.iter().map(|v| v.name.clone()).collect(),
+        version: env!("CARGO_PKG_VERSION"),
+        webhooks,
+    }))
 }

@@ -1,6 +1,7 @@
 //! Management API for topics and their access keys:
 //! `/api/v1/topics[/{topic}[/keys|/regenerateKey]]`.
 
+use super::{KeyPair, List, Metrics};
 use crate::error::AzPath as Path;
 use crate::error::{ApiError, AzJson};
 use crate::state::AppState;
@@ -12,8 +13,8 @@ use axum::{Json, Router};
 use chrono::{TimeZone, Utc};
 use herald_router::schema::{InputSchemaKind, InputSchemaMapping};
 use herald_storage::TopicRecord;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -43,24 +44,44 @@ pub(super) fn time(t: i64) -> String {
         .unwrap_or_default()
 }
 
-fn topic_dto(r: &TopicRecord, host: &str) -> Value {
-    let mut v = json!({
-        "name": r.name,
-        "id": r.arm_id,
-        "kind": r.kind,
-        "inputSchema": r.input_schema,
-        "endpoint": format!("https://{host}/topics/{}/api/events", r.name),
-        "namespaceEndpoint": format!("https://{host}"),
-        "createdAt": time(r.created),
-    });
-    if let Some(m) = r
-        .input_mapping
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<Value>(m).ok())
-    {
-        v["inputSchemaMapping"] = m;
+/// A topic as the management API returns it. Fields are in wire-name order,
+/// the order the bodies had when they were built as JSON maps.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TopicDto {
+    created_at: String,
+    endpoint: String,
+    /// Only on a single topic's GET.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_subscriptions: Option<usize>,
+    id: String,
+    input_schema: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_schema_mapping: Option<Value>,
+    kind: String,
+    /// Only on a single topic's GET.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<Metrics>,
+    name: String,
+    namespace_endpoint: String,
+}
+
+fn topic_dto(r: &TopicRecord, host: &str) -> TopicDto {
+    TopicDto {
+        created_at: time(r.created),
+        endpoint: format!("https://{host}/topics/{}/api/events", r.name),
+        event_subscriptions: None,
+        id: r.arm_id.clone(),
+        input_schema: r.input_schema.clone(),
+        input_schema_mapping: r
+            .input_mapping
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<Value>(m).ok()),
+        kind: r.kind.clone(),
+        metrics: None,
+        name: r.name.clone(),
+        namespace_endpoint: format!("https://{host}"),
     }
-    v
 }
 
 #[derive(Deserialize)]
@@ -96,16 +117,16 @@ async fn list_topics(
     State(st): State<AppState>,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<TopicDto>>, ApiError> {
     let h = host(&uri, &headers);
-    let topics: Vec<Value> = st
+    let topics: List<TopicDto> = st
         .router
         .list_topics()
         .await?
         .iter()
         .map(|t| topic_dto(t, &h))
         .collect();
-    Ok(Json(json!({ "value": topics })))
+    Ok(Json(topics))
 }
 
 async fn show_topic(
@@ -113,11 +134,11 @@ async fn show_topic(
     uri: Uri,
     headers: HeaderMap,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TopicDto>, ApiError> {
     let t = st.router.topic(&name).await?;
     let mut v = topic_dto(&t.record, &host(&uri, &headers));
-    v["metrics"] = json!(st.router.topic_metrics(&t).await?);
-    v["eventSubscriptions"] = json!(st.router.list_subscriptions(&name).await?.len());
+    v.metrics = Some(st.router.topic_metrics(&t).await?.into_iter().collect());
+    v.event_subscriptions = Some(st.router.list_subscriptions(&name).await?.len());
     Ok(Json(v))
 }
 
@@ -132,9 +153,9 @@ async fn delete_topic(
 async fn keys(
     State(st): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyPair>, ApiError> {
     let [key1, key2] = st.router.keys(&name).await?;
-    Ok(Json(json!({ "key1": key1, "key2": key2 })))
+    Ok(Json(KeyPair { key1, key2 }))
 }
 
 #[derive(Deserialize)]
@@ -147,7 +168,7 @@ async fn regenerate_key(
     State(st): State<AppState>,
     Path(name): Path<String>,
     AzJson(body): AzJson<RegenerateKey>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeyPair>, ApiError> {
     let [key1, key2] = st.router.regenerate_key(&name, &body.key_name).await?;
-    Ok(Json(json!({ "key1": key1, "key2": key2 })))
+    Ok(Json(KeyPair { key1, key2 }))
 }

@@ -80,10 +80,9 @@ async fn create(
     Ok((StatusCode::CREATED, Json(dto(&st, &v))))
 }
 
-async fn list(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list(State(st): State<AppState>) -> Result<Json<super::List<VaultDto>>, ApiError> {
     let vaults = st.vault.list_vaults().await?;
-    let value: Vec<VaultDto> = vaults.iter().map(|v| dto(&st, v)).collect();
-    Ok(Json(serde_json::json!({ "value": value })))
+    Ok(Json(vaults.iter().map(|v| dto(&st, v)).collect()))
 }
 
 async fn show(

@@ -13,7 +13,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use herald_automation::model::{JobStatus, MAX_WEBHOOK_BODY};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -82,7 +83,10 @@ async fn invoke_inner(st: AppState, req: Request) -> Result<Response, ApiError> 
                 ApiError::bad_parameter("The validation event carries no data.validationCode.")
             })?;
         tracing::info!(webhook = %wh.name, "answered an Event Grid validation request");
-        return Ok(Json(json!({ "validationResponse": code })).into_response());
+        return Ok(Json(ValidationResponse {
+            validation_response: code,
+        })
+        .into_response());
     }
     // The subscription that fed this webhook is gone: nothing to run.
     if header(&parts.headers, "aeg-event-type")
@@ -124,7 +128,9 @@ async fn invoke_inner(st: AppState, req: Request) -> Result<Response, ApiError> 
             other => other.into(),
         })?;
     metrics::counter!("herald_webhook_invocations_total").increment(1);
-    let ids = json!({ "JobIds": [invoked.job_id] });
+    let ids = JobIds {
+        job_ids: vec![invoked.job_id.to_string()],
+    };
     let Some(wait) = wait else {
         return Ok(accepted(ids, invoked.replayed));
     };
@@ -136,13 +142,13 @@ async fn invoke_inner(st: AppState, req: Request) -> Result<Response, ApiError> 
         return Ok(accepted(ids, invoked.replayed));
     }
     let output = st.automation.output(&job.id).await?;
-    let body = json!({
-        "JobIds": [job.id],
-        "status": job.status,
-        "statusDetails": job.status_details,
-        "exception": job.exception,
-        "output": output,
-    });
+    let body = FinishedJob {
+        job_ids: vec![job.id.to_string()],
+        exception: job.exception,
+        output,
+        status: job.status,
+        status_details: job.status_details,
+    };
     let code = if job.status == JobStatus::Completed {
         StatusCode::OK
     } else {
@@ -151,7 +157,33 @@ async fn invoke_inner(st: AppState, req: Request) -> Result<Response, ApiError> 
     Ok((code, Json(body)).into_response())
 }
 
-fn accepted(ids: Value, replayed: bool) -> Response {
+/// Event Grid's validation answer.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ValidationResponse {
+    validation_response: String,
+}
+
+/// Azure Automation's answer to a webhook call: the queued job's id.
+#[derive(Serialize)]
+struct JobIds {
+    #[serde(rename = "JobIds")]
+    job_ids: Vec<String>,
+}
+
+/// Herald's `?wait=` extension: the job's end, when it came in time.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FinishedJob {
+    #[serde(rename = "JobIds")]
+    job_ids: Vec<String>,
+    exception: Option<String>,
+    output: String,
+    status: JobStatus,
+    status_details: String,
+}
+
+fn accepted(ids: JobIds, replayed: bool) -> Response {
     let mut resp = (StatusCode::ACCEPTED, Json(ids)).into_response();
     if replayed {
         resp.headers_mut()

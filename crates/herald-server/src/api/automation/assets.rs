@@ -1,52 +1,79 @@
 //! Assets: variables and credentials (encrypted values are sealed and never returned).
 
 use super::*;
+use crate::api::List;
 use crate::error::AzPath as Path;
 use crate::error::{ApiError, AzJson};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 
-pub(super) fn asset_view(a: &herald_storage::AssetRecord) -> Value {
-    let mut v = json!({
-        "name": a.name,
-        "properties": {
-            "isEncrypted": a.encrypted,
-            "description": a.description,
-            "creationTime": iso(a.created),
-            "lastModifiedTime": iso(a.updated),
-        }
-    });
-    if a.kind == "credential" {
-        v["properties"]["userName"] = json!(a.username);
-    } else if !a.encrypted {
-        // Plain variables show their value, as Azure does; encrypted never.
-        v["properties"]["value"] = json!(String::from_utf8_lossy(&a.value));
+/// A variable's or credential's properties. A plain variable shows its
+/// value, as Azure does; an encrypted one never.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct AssetProperties {
+    creation_time: String,
+    description: String,
+    is_encrypted: bool,
+    last_modified_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_name: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+}
+
+pub(super) type AssetDto = Resource<AssetProperties>;
+
+pub(super) fn asset_view(a: &herald_storage::AssetRecord) -> AssetDto {
+    let credential = a.kind == "credential";
+    Resource {
+        id: None,
+        name: a.name.clone(),
+        properties: AssetProperties {
+            creation_time: iso(a.created),
+            description: a.description.clone(),
+            is_encrypted: a.encrypted,
+            last_modified_time: iso(a.updated),
+            user_name: credential.then(|| a.username.clone()),
+            value: (!credential && !a.encrypted)
+                .then(|| String::from_utf8_lossy(&a.value).into_owned()),
+        },
     }
-    v
 }
 
-pub(super) async fn list_assets(st: &AppState, kind: &str) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list_assets(
+    st: &AppState,
+    kind: &str,
+) -> Result<Json<List<AssetDto>>, ApiError> {
     let list = st.automation.assets().await?;
-    Ok(Json(json!({
-        "value": list.iter().filter(|a| a.kind == kind).map(asset_view).collect::<Vec<_>>()
-    })))
+    Ok(Json(
+        list.iter()
+            .filter(|a| a.kind == kind)
+            .map(asset_view)
+            .collect(),
+    ))
 }
 
-pub(super) async fn list_variables(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list_variables(
+    State(st): State<AppState>,
+) -> Result<Json<List<AssetDto>>, ApiError> {
     list_assets(&st, "variable").await
 }
 
-pub(super) async fn list_credentials(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list_credentials(
+    State(st): State<AppState>,
+) -> Result<Json<List<AssetDto>>, ApiError> {
     list_assets(&st, "credential").await
 }
 
 pub(super) async fn get_variable(
     State(st): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AssetDto>, ApiError> {
     Ok(Json(asset_view(
         &st.automation.asset("variable", &name).await?,
     )))
@@ -55,7 +82,7 @@ pub(super) async fn get_variable(
 pub(super) async fn get_credential(
     State(st): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AssetDto>, ApiError> {
     Ok(Json(asset_view(
         &st.automation.asset("credential", &name).await?,
     )))
@@ -65,7 +92,7 @@ pub(super) async fn put_variable(
     State(st): State<AppState>,
     Path(name): Path<String>,
     AzJson(body): AzJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AssetDto>, ApiError> {
     let body = object(body)?;
     let value = match body.get("value") {
         Some(Value::String(s)) => s.clone(),
@@ -93,7 +120,7 @@ pub(super) async fn put_credential(
     State(st): State<AppState>,
     Path(name): Path<String>,
     AzJson(body): AzJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AssetDto>, ApiError> {
     let body = object(body)?;
     let user = body
         .get("userName")

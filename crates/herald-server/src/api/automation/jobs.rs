@@ -1,6 +1,8 @@
 //! Jobs: listing, status with history, output, streams (with live tail), stop and resume.
 
+use super::webhooks::RunbookRef;
 use super::*;
+use crate::api::List;
 use crate::error::ApiError;
 use crate::error::{AzPath as Path, AzQuery as Query};
 use crate::state::AppState;
@@ -13,43 +15,88 @@ use futures_util::Stream;
 use herald_automation::model::JobStatus;
 use herald_automation::service::JobChanged;
 use herald_storage::{JobFilter, JobRecord, StreamRecord};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::convert::Infallible;
 use std::time::Duration;
+
+/// A job's properties, in Azure's names, with Herald's run details
+/// (sandbox, exit code, restarts) beside them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct JobProperties {
+    creation_time: String,
+    end_time: Option<String>,
+    exception: Option<String>,
+    exit_code: Option<i64>,
+    /// Every status change, on a single job's GET only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<JobHistoryItem>>,
+    job_id: String,
+    last_modified_time: String,
+    last_status_modified_time: String,
+    parameters: Value,
+    provisioning_state: &'static str,
+    restarts: i64,
+    run_on: String,
+    runbook: RunbookRef,
+    runbook_version: i64,
+    sandbox: Option<String>,
+    start_time: Option<String>,
+    started_by: String,
+    status: JobStatus,
+    status_details: String,
+}
+
+/// One status change of a job.
+#[derive(Serialize)]
+pub(super) struct JobHistoryItem {
+    details: String,
+    status: JobStatus,
+    time: String,
+}
+
+pub(super) type JobDto = Resource<JobProperties>;
 
 pub(super) fn job_view(
     job: &JobRecord,
     history: Option<&[herald_storage::JobTransition]>,
-) -> Value {
-    let params: Value = serde_json::from_str(&job.parameters).unwrap_or(Value::Null);
-    let mut props = json!({
-        "jobId": job.id,
-        "runbook": { "name": job.runbook_name },
-        "runbookVersion": job.runbook_version,
-        "startedBy": job.started_by,
-        "runOn": job.run_on,
-        "status": job.status,
-        "statusDetails": job.status_details,
-        "creationTime": iso(job.created),
-        "startTime": iso_opt(job.start_time),
-        "endTime": iso_opt(job.end_time),
-        "exception": job.exception,
-        "lastModifiedTime": iso(job.last_modified),
-        "lastStatusModifiedTime": iso(job.last_status_modified),
-        "parameters": params,
-        "provisioningState": "Succeeded",
-        "sandbox": job.sandbox,
-        "exitCode": job.exit_code,
-        "restarts": job.restarts,
-    });
-    if let Some(h) = history {
-        props["history"] = h
-            .iter()
-            .map(|t| json!({"status": t.status, "time": iso(t.at), "details": t.details}))
-            .collect();
+) -> JobDto {
+    Resource {
+        id: Some(format!("/automation/jobs/{}", job.id)),
+        name: job.id.to_string(),
+        properties: JobProperties {
+            creation_time: iso(job.created),
+            end_time: job.end_time.map(iso),
+            exception: job.exception.clone(),
+            exit_code: job.exit_code,
+            history: history.map(|h| {
+                h.iter()
+                    .map(|t| JobHistoryItem {
+                        details: t.details.clone(),
+                        status: t.status,
+                        time: iso(t.at),
+                    })
+                    .collect()
+            }),
+            job_id: job.id.to_string(),
+            last_modified_time: iso(job.last_modified),
+            last_status_modified_time: iso(job.last_status_modified),
+            parameters: serde_json::from_str(&job.parameters).unwrap_or(Value::Null),
+            provisioning_state: "Succeeded",
+            restarts: job.restarts,
+            run_on: job.run_on.clone(),
+            runbook: RunbookRef {
+                name: job.runbook_name.clone(),
+            },
+            runbook_version: job.runbook_version,
+            sandbox: job.sandbox.clone(),
+            start_time: job.start_time.map(iso),
+            started_by: job.started_by.clone(),
+            status: job.status,
+            status_details: job.status_details.clone(),
+        },
     }
-    json!({ "id": format!("/automation/jobs/{}", job.id), "name": job.id, "properties": props })
 }
 
 #[derive(Deserialize)]
@@ -65,7 +112,7 @@ pub(super) struct JobQuery {
 pub(super) async fn list_jobs(
     State(st): State<AppState>,
     Query(q): Query<JobQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<JobDto>>, ApiError> {
     let status = match &q.status {
         Some(s) => Some(
             JobStatus::parse(s)
@@ -87,15 +134,13 @@ pub(super) async fn list_jobs(
             limit: q.top.unwrap_or(100).clamp(1, 1000),
         })
         .await?;
-    Ok(Json(
-        json!({ "value": jobs.iter().map(|j| job_view(j, None)).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(jobs.iter().map(|j| job_view(j, None)).collect()))
 }
 
 pub(super) async fn get_job(
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobDto>, ApiError> {
     let job = st.automation.job(&id).await?;
     let history = st.automation.transitions(&id).await?;
     Ok(Json(job_view(&job, Some(&history))))
@@ -114,21 +159,39 @@ pub(super) fn stream_id(job: &str, seq: i64) -> String {
     format!("{job}_{seq:020}")
 }
 
-pub(super) fn record_view(job: &str, r: &StreamRecord) -> Value {
+/// One job stream record, as Azure's job stream API shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct StreamRecordDto {
+    id: String,
+    job_stream_id: String,
+    stream_text: String,
+    stream_type: String,
+    summary: String,
+    time: String,
+    value: Value,
+}
+
+pub(super) fn record_view(job: &str, r: &StreamRecord) -> StreamRecordDto {
     let value: Value = r
         .value
         .as_deref()
         .and_then(|v| serde_json::from_str(v).ok())
-        .unwrap_or_else(|| json!({}));
-    json!({
-        "id": format!("/automation/jobs/{job}/streams/{}", stream_id(job, r.seq)),
-        "jobStreamId": stream_id(job, r.seq),
-        "time": iso(r.time),
-        "streamType": r.stream,
-        "streamText": r.text,
-        "summary": r.text.chars().take(200).collect::<String>(),
-        "value": value,
-    })
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    StreamRecordDto {
+        id: format!("/automation/jobs/{job}/streams/{}", stream_id(job, r.seq)),
+        job_stream_id: stream_id(job, r.seq),
+        stream_text: r.text.clone(),
+        stream_type: r.stream.clone(),
+        summary: r.text.chars().take(200).collect(),
+        time: iso(r.time),
+        value,
+    }
+}
+
+/// Server-sent events carry one JSON document per event.
+fn sse_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -175,10 +238,13 @@ pub(super) async fn streams(
         .automation
         .records(&id, after, stream.as_deref(), 5000)
         .await?;
-    Ok(
-        Json(json!({ "value": records.iter().map(|r| record_view(&id, r)).collect::<Vec<_>>() }))
-            .into_response(),
+    Ok(Json(
+        records
+            .iter()
+            .map(|r| record_view(&id, r))
+            .collect::<List<_>>(),
     )
+    .into_response())
 }
 
 /// Live tail: records as they arrive, each with its sequence number as the
@@ -207,7 +273,7 @@ pub(super) fn follow(
                 let ev = Event::default()
                     .id(r.seq.to_string())
                     .event(r.stream.clone())
-                    .data(record_view(&id, r).to_string());
+                    .data(sse_json(&record_view(&id, r)));
                 if tx.send(ev).await.is_err() {
                     return;
                 }
@@ -230,7 +296,7 @@ pub(super) fn follow(
                         let ev = Event::default()
                             .id(r.seq.to_string())
                             .event(r.stream.clone())
-                            .data(record_view(&id, r).to_string());
+                            .data(sse_json(&record_view(&id, r)));
                         if tx.send(ev).await.is_err() {
                             return;
                         }
@@ -240,7 +306,7 @@ pub(super) fn follow(
                     .send(
                         Event::default()
                             .event("status")
-                            .data(job_view(&job, None).to_string()),
+                            .data(sse_json(&job_view(&job, None))),
                     )
                     .await;
                 return;
@@ -279,7 +345,7 @@ where
 pub(super) async fn stream_record(
     State(st): State<AppState>,
     Path((id, stream_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StreamRecordDto>, ApiError> {
     let seq = stream_id
         .rsplit('_')
         .next()
@@ -299,7 +365,7 @@ pub(super) async fn stream_record(
 pub(super) async fn stop(
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobDto>, ApiError> {
     st.automation.job(&id).await?;
     let job = st.automation.stop_job(&id).await?;
     Ok(Json(job_view(&job, None)))
@@ -308,7 +374,7 @@ pub(super) async fn stop(
 pub(super) async fn resume(
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobDto>, ApiError> {
     let job = st.automation.resume_job(&id).await?;
     Ok(Json(job_view(&job, None)))
 }

@@ -7,7 +7,18 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Router;
 use axum::routing::{get, post};
+use serde::Serialize;
 use serde_json::{Map, Value};
+
+/// Azure's resource envelope: `{"id", "name", "properties"}`.
+#[derive(Serialize)]
+pub(super) struct Resource<P> {
+    /// Absent on assets, which Azure shows by name only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    name: String,
+    properties: P,
+}
 
 mod assets;
 mod job_token;
@@ -80,10 +91,6 @@ pub fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, false))
         .unwrap_or_default()
-}
-
-pub(super) fn iso_opt(ms: Option<i64>) -> Value {
-    ms.map_or(Value::Null, |m| Value::String(iso(m)))
 }
 
 pub(super) fn object(v: Value) -> Result<Map<String, Value>, ApiError> {

@@ -1,6 +1,7 @@
 //! Runbooks: definitions, drafts and published content, and manual starts.
 
 use super::*;
+use crate::api::List;
 use crate::error::{ApiError, AzJson};
 use crate::error::{AzBytes, AzPath as Path, AzQuery as Query};
 use crate::state::AppState;
@@ -10,45 +11,73 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_automation::model::{ParamDecl, RunbookSettings};
 use herald_storage::RunbookRecord;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 
-pub(super) fn runbook_view(rb: &RunbookRecord) -> Value {
-    let params: Vec<ParamDecl> = serde_json::from_str(&rb.draft_params).unwrap_or_default();
-    let settings: RunbookSettings = serde_json::from_str(&rb.settings).unwrap_or_default();
-    json!({
-        "id": format!("/automation/runbooks/{}", rb.name),
-        "name": rb.name,
-        "properties": {
-            "runbookType": rb.kind,
-            "description": rb.description,
-            "state": if rb.published_version.is_some() { "Published" } else { "New" },
-            "publishedVersion": rb.published_version,
-            "parameters": params,
-            "timeoutSeconds": settings.timeout_seconds,
-            "maxConcurrentJobs": settings.max_concurrent_jobs,
-            "allowNetwork": settings.allow_network,
-            "memoryLimitMb": settings.memory_limit_mb,
-            "logVerbose": settings.log_verbose,
-            "logProgress": settings.log_progress,
-            "permissions": settings.permissions,
-            "creationTime": iso(rb.created),
-            "lastModifiedTime": iso(rb.updated),
-        }
-    })
+/// A runbook's properties, as `az automation runbook show` names them,
+/// with Herald's run settings beside them.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct RunbookProperties {
+    allow_network: bool,
+    creation_time: String,
+    description: String,
+    last_modified_time: String,
+    log_progress: bool,
+    log_verbose: bool,
+    max_concurrent_jobs: Option<i64>,
+    memory_limit_mb: u64,
+    parameters: Vec<ParamDecl>,
+    permissions: Vec<herald_automation::model::Permission>,
+    published_version: Option<i64>,
+    runbook_type: String,
+    state: &'static str,
+    timeout_seconds: u64,
 }
 
-pub(super) async fn list_runbooks(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(super) type RunbookDto = Resource<RunbookProperties>;
+
+pub(super) fn runbook_view(rb: &RunbookRecord) -> RunbookDto {
+    let parameters: Vec<ParamDecl> = serde_json::from_str(&rb.draft_params).unwrap_or_default();
+    let settings: RunbookSettings = serde_json::from_str(&rb.settings).unwrap_or_default();
+    Resource {
+        id: Some(format!("/automation/runbooks/{}", rb.name)),
+        name: rb.name.clone(),
+        properties: RunbookProperties {
+            allow_network: settings.allow_network,
+            creation_time: iso(rb.created),
+            description: rb.description.clone(),
+            last_modified_time: iso(rb.updated),
+            log_progress: settings.log_progress,
+            log_verbose: settings.log_verbose,
+            max_concurrent_jobs: settings.max_concurrent_jobs,
+            memory_limit_mb: settings.memory_limit_mb,
+            parameters,
+            permissions: settings.permissions,
+            published_version: rb.published_version,
+            runbook_type: rb.kind.clone(),
+            state: if rb.published_version.is_some() {
+                "Published"
+            } else {
+                "New"
+            },
+            timeout_seconds: settings.timeout_seconds,
+        },
+    }
+}
+
+pub(super) async fn list_runbooks(
+    State(st): State<AppState>,
+) -> Result<Json<List<RunbookDto>>, ApiError> {
     let list = st.automation.list_runbooks().await?;
-    Ok(Json(
-        json!({ "value": list.iter().map(runbook_view).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(list.iter().map(runbook_view).collect()))
 }
 
 pub(super) async fn get_runbook(
     State(st): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunbookDto>, ApiError> {
     Ok(Json(runbook_view(&st.automation.runbook(&name).await?)))
 }
 
@@ -76,7 +105,7 @@ pub(super) async fn patch_runbook(
     State(st): State<AppState>,
     Path(name): Path<String>,
     AzJson(body): AzJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunbookDto>, ApiError> {
     let rb = st.automation.update_runbook(&name, &object(body)?).await?;
     Ok(Json(runbook_view(&rb)))
 }
@@ -111,7 +140,7 @@ pub(super) async fn put_content(
     State(st): State<AppState>,
     Path(name): Path<String>,
     AzBytes(body): AzBytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunbookDto>, ApiError> {
     let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_parameter("Runbook content must be UTF-8 text."))?;
     let rb = st.automation.set_draft_content(&name, text).await?;
@@ -121,7 +150,7 @@ pub(super) async fn put_content(
 pub(super) async fn publish(
     State(st): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunbookDto>, ApiError> {
     st.automation.publish_runbook(&name).await?;
     Ok(Json(runbook_view(&st.automation.runbook(&name).await?)))
 }
@@ -131,7 +160,7 @@ pub(super) async fn start(
     State(st): State<AppState>,
     Path(name): Path<String>,
     AzBytes(body): AzBytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<JobDto>), ApiError> {
     let body = if body.is_empty() {
         Map::new()
     } else {

@@ -1,6 +1,7 @@
 //! Automation webhooks: the token-bearing resources that start runbooks.
 
 use super::*;
+use crate::api::List;
 use crate::error::{ApiError, AzJson};
 use crate::error::{AzPath as Path, AzQuery as Query};
 use crate::state::AppState;
@@ -9,31 +10,59 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herald_storage::WebhookRecord;
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 
-pub(super) fn webhook_view(wh: &WebhookRecord, runbook: &str, uri: Option<&str>) -> Value {
-    let mut params: Map<String, Value> = serde_json::from_str(&wh.parameters).unwrap_or_default();
+/// A webhook's properties. `uri` holds the token-bearing URL only in the
+/// answer to the PUT that created it; Azure never shows it again.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct WebhookProperties {
+    creation_time: String,
+    description: String,
+    expiry_time: String,
+    is_enabled: bool,
+    last_invoked_time: Option<String>,
+    last_modified_time: String,
+    parameters: Map<String, Value>,
+    run_on: Option<String>,
+    runbook: RunbookRef,
+    uri: String,
+}
+
+/// The runbook a webhook starts, by name.
+#[derive(Serialize)]
+pub(super) struct RunbookRef {
+    pub(super) name: String,
+}
+
+pub(super) type WebhookDto = Resource<WebhookProperties>;
+
+pub(super) fn webhook_view(wh: &WebhookRecord, runbook: &str, uri: Option<&str>) -> WebhookDto {
+    let mut parameters: Map<String, Value> =
+        serde_json::from_str(&wh.parameters).unwrap_or_default();
     if wh.secure_parameters.is_some() {
-        params.insert("(secure parameters)".into(), Value::String("*****".into()));
+        parameters.insert("(secure parameters)".into(), Value::String("*****".into()));
     }
-    json!({
-        "id": format!("/automation/webhooks/{}", wh.name),
-        "name": wh.name,
-        "properties": {
-            "isEnabled": wh.is_enabled,
-            "uri": uri.unwrap_or(""),
-            "expiryTime": iso(wh.expiry),
-            "lastInvokedTime": iso_opt(wh.last_invoked),
-            "parameters": params,
-            "runbook": { "name": runbook },
-            "runOn": if wh.run_on.is_empty() { Value::Null } else { Value::String(wh.run_on.clone()) },
-            "creationTime": iso(wh.created),
-            "lastModifiedTime": iso(wh.updated),
-            "description": wh.description,
-        }
-    })
+    Resource {
+        id: Some(format!("/automation/webhooks/{}", wh.name)),
+        name: wh.name.clone(),
+        properties: WebhookProperties {
+            creation_time: iso(wh.created),
+            description: wh.description.clone(),
+            expiry_time: iso(wh.expiry),
+            is_enabled: wh.is_enabled,
+            last_invoked_time: wh.last_invoked.map(iso),
+            last_modified_time: iso(wh.updated),
+            parameters,
+            run_on: (!wh.run_on.is_empty()).then(|| wh.run_on.clone()),
+            runbook: RunbookRef {
+                name: runbook.to_owned(),
+            },
+            uri: uri.unwrap_or("").to_owned(),
+        },
+    }
 }
 
 pub(super) async fn runbook_name(
@@ -63,7 +92,7 @@ pub(super) struct WebhookListQuery {
 pub(super) async fn list_webhooks(
     State(st): State<AppState>,
     Query(q): Query<WebhookListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<WebhookDto>>, ApiError> {
     let list = st.automation.list_webhooks(q.runbook.as_deref()).await?;
     let mut names = HashMap::new();
     let mut out = Vec::with_capacity(list.len());
@@ -71,7 +100,7 @@ pub(super) async fn list_webhooks(
         let rb = runbook_name(&st, &wh.runbook_id, &mut names).await;
         out.push(webhook_view(wh, &rb, None));
     }
-    Ok(Json(json!({ "value": out })))
+    Ok(Json(out.into()))
 }
 
 pub(super) async fn generate_uri(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -81,7 +110,7 @@ pub(super) async fn generate_uri(State(st): State<AppState>) -> Result<Json<Valu
 pub(super) async fn get_webhook(
     State(st): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookDto>, ApiError> {
     let wh = st.automation.webhook(&name).await?;
     let rb = runbook_name(&st, &wh.runbook_id, &mut HashMap::new()).await;
     Ok(Json(webhook_view(&wh, &rb, None)))
@@ -117,7 +146,7 @@ pub(super) async fn patch_webhook(
     State(st): State<AppState>,
     Path(name): Path<String>,
     AzJson(body): AzJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<WebhookDto>, ApiError> {
     let wh = st.automation.update_webhook(&name, &object(body)?).await?;
     let rb = runbook_name(&st, &wh.runbook_id, &mut HashMap::new()).await;
     Ok(Json(webhook_view(&wh, &rb, None)))

@@ -1,6 +1,7 @@
 //! Workers and the lease protocol remote workers speak (lease, started, heartbeat, records, finish).
 
 use super::*;
+use crate::api::List;
 use crate::error::AzPath as Path;
 use crate::error::{ApiError, AzJson};
 use crate::state::AppState;
@@ -8,28 +9,65 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use herald_automation::service::{JobReport, ReportedRecord};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-pub(super) async fn sandbox(State(st): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "level": st.sandbox.as_str(),
-        "runbookTypes": herald_automation::sandbox::available_kinds()
-            .iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>(),
-    }))
+/// The job sandbox this server runs, and the runbook types it can run.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct SandboxInfo {
+    level: &'static str,
+    runbook_types: Vec<&'static str>,
 }
 
-pub(super) async fn list_workers(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn sandbox(State(st): State<AppState>) -> Json<SandboxInfo> {
+    Json(SandboxInfo {
+        level: st.sandbox.as_str(),
+        runbook_types: herald_automation::sandbox::available_kinds()
+            .iter()
+            .map(|k| k.as_str())
+            .collect(),
+    })
+}
+
+/// A remote worker, as last seen.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct WorkerDto {
+    group: String,
+    hostname: String,
+    id: String,
+    last_seen_time: String,
+    slots: i64,
+}
+
+pub(super) async fn list_workers(
+    State(st): State<AppState>,
+) -> Result<Json<List<WorkerDto>>, ApiError> {
     let list = st.automation.workers().await?;
-    Ok(Json(json!({
-        "value": list.iter().map(|w| json!({
-            "id": w.id, "group": w.group, "hostname": w.hostname, "slots": w.slots,
-            "lastSeenTime": iso(w.last_seen),
-        })).collect::<Vec<_>>()
-    })))
+    Ok(Json(
+        list.iter()
+            .map(|w| WorkerDto {
+                group: w.group.clone(),
+                hostname: w.hostname.clone(),
+                id: w.id.clone(),
+                last_seen_time: iso(w.last_seen),
+                slots: w.slots,
+            })
+            .collect(),
+    ))
+}
+
+/// The jobs a lease handed to a worker (possibly none, after the wait).
+#[derive(Serialize)]
+pub(super) struct Leased {
+    jobs: Vec<herald_automation::service::LeasedJob>,
+}
+
+/// A heartbeat's answer: the job's status, so a worker sees a stop request.
+#[derive(Serialize)]
+pub(super) struct HeartbeatAnswer {
+    status: String,
 }
 
 #[derive(Deserialize)]
@@ -64,7 +102,7 @@ pub(super) async fn lease(
     State(st): State<AppState>,
     Path(group): Path<String>,
     AzJson(body): AzJson<LeaseBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Leased>, ApiError> {
     check_worker_id(&body.worker_id)?;
     herald_automation::model::parse_name("worker group", &group)
         .map_err(|e| ApiError::bad_parameter(e.0))?;
@@ -87,7 +125,7 @@ pub(super) async fn lease(
             &st.shutdown,
         )
         .await?;
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(Leased { jobs }))
 }
 
 #[derive(Deserialize)]
@@ -131,10 +169,10 @@ pub(super) async fn heartbeat(
     State(st): State<AppState>,
     Path(id): Path<String>,
     AzJson(body): AzJson<WorkerBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
     check_worker_id(&body.worker_id)?;
     match st.automation.heartbeat(&id, &body.worker_id).await? {
-        Some(status) => Ok(Json(json!({ "status": status }))),
+        Some(status) => Ok(Json(HeartbeatAnswer { status })),
         None => Err(lease_lost()),
     }
 }
