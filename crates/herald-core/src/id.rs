@@ -182,6 +182,30 @@ impl VaultId {
     }
 }
 
+string_id!(
+    /// A hubs namespace's id (`ehn_` and a time-ordered UUID).
+    NamespaceId
+);
+
+impl NamespaceId {
+    /// A new namespace id.
+    pub fn generate() -> Self {
+        Self(format!("ehn_{}", uuid::Uuid::now_v7().simple()))
+    }
+}
+
+string_id!(
+    /// An event hub's id (`ehb_` and a time-ordered UUID).
+    HubId
+);
+
+impl HubId {
+    /// A new event hub id.
+    pub fn generate() -> Self {
+        Self(format!("ehb_{}", uuid::Uuid::now_v7().simple()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

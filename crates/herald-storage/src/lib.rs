@@ -9,10 +9,12 @@
 mod automation;
 pub mod copy;
 mod engine;
+mod hubs;
 mod router;
 mod vault;
 
 pub use automation::*;
+pub use hubs::*;
 pub use router::*;
 pub use vault::*;
 
@@ -84,7 +86,7 @@ pub trait Coordination: Send + Sync {
 
 /// A storage engine: every domain's store, behind one object.
 pub trait Storage:
-    VaultStore + RouterStore + AutomationStore + Coordination + Send + Sync + 'static
+    VaultStore + RouterStore + AutomationStore + HubStore + Coordination + Send + Sync + 'static
 {
     /// Short engine name for logs and `herald status`.
     fn engine(&self) -> &'static str;

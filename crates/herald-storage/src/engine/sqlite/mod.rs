@@ -5,6 +5,7 @@
 //! that sees every committed write thanks to WAL snapshots.
 
 mod automation;
+mod hubs;
 mod router;
 mod vault;
 mod writer;
