@@ -37,6 +37,10 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) vault_base: Option<String>,
+    /// Parent domain of hub namespaces: namespace NAME is served at NAME.HUB_BASE [default: servicebus.localhost]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) hub_base: Option<String>,
     /// Port written into ids and event URLs, when clients reach Herald through another port
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

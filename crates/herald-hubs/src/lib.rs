@@ -17,6 +17,9 @@ pub mod position;
 pub mod rest;
 pub mod rights;
 pub mod sas;
+mod service;
+
+pub use service::*;
 
 pub use connection_string::{ConnectionString, ConnectionStringError, Credential};
 pub use event::{

@@ -95,8 +95,10 @@ impl Node {
         let (cert, key, ca_path) = match (&config.tls_cert, &config.tls_key) {
             (Some(c), Some(k)) => (c.clone(), k.clone(), None),
             _ => {
-                let files =
-                    herald_server::tls::ensure_generated(&config.data_dir, &config.vault_base)?;
+                let files = herald_server::tls::ensure_generated(
+                    &config.data_dir,
+                    &[&config.vault_base, &config.hub_base],
+                )?;
                 (files.cert, files.key, Some(files.ca))
             }
         };
@@ -160,6 +162,7 @@ impl Node {
         )?;
         let master_for_automation = master.clone();
         let public_url_for_automation = delivery_public_url.clone();
+        let hubs = herald_hubs::HubService::new(storage.clone(), master.clone(), &config.hub_base);
         let vault = VaultService::new(storage.clone(), master, scope, urls.clone());
         let delivery = delivery.with_secret_resolver(Arc::new(VaultResolver(vault.clone())));
         vault
@@ -207,6 +210,7 @@ impl Node {
             tenant_id: tenant_id.into(),
             metrics: herald_server::metrics_setup::handle(),
             automation,
+            hubs,
             sandbox,
             shutdown: CancellationToken::new(),
         };
@@ -267,6 +271,7 @@ fn node_duties(state: &AppState, info: &StartInfo) -> Vec<herald_core::duty::Dut
     ));
     duties.extend(state.delivery.duties());
     duties.extend(state.automation.duties());
+    duties.extend(state.hubs.duties());
     if config.automation_slots > 0 {
         let host = Arc::new(herald_automation::worker::LocalHost {
             service: state.automation.clone(),

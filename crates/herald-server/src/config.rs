@@ -21,6 +21,8 @@ pub struct Config {
     pub durability: String,
     /// Parent domain of vault hosts: vault `payments` is `payments.{vault_base}`.
     pub vault_base: String,
+    /// Parent domain of hub namespaces: namespace `orders` is `orders.{hub_base}`.
+    pub hub_base: String,
     /// Port written into ids and event URLs; defaults to the bound port.
     pub public_port: Option<u16>,
     /// Initial admin token (HERALD_ADMIN_TOKEN); generated when unset.
@@ -74,6 +76,7 @@ impl Default for Config {
             database: None,
             durability: "normal".into(),
             vault_base: "vault.localhost".into(),
+            hub_base: "servicebus.localhost".into(),
             public_port: None,
             admin_token: None,
             master_key: None,
@@ -164,16 +167,17 @@ impl Config {
                 self.log_format
             ));
         }
-        if self.vault_base.is_empty()
-            || !self
-                .vault_base
-                .split('.')
-                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        {
-            return bad(format!(
-                "vault_base '{}' is not a valid domain name",
-                self.vault_base
-            ));
+        for (key, base) in [
+            ("vault_base", &self.vault_base),
+            ("hub_base", &self.hub_base),
+        ] {
+            if base.is_empty()
+                || !base.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+            {
+                return bad(format!("{key} '{base}' is not a valid domain name"));
+            }
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key must be set together".into());

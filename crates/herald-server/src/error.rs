@@ -131,6 +131,22 @@ impl From<VaultError> for ApiError {
     }
 }
 
+impl From<herald_hubs::HubError> for ApiError {
+    fn from(e: herald_hubs::HubError) -> Self {
+        use herald_hubs::HubError as H;
+        let msg = e.to_string();
+        match e {
+            H::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "NotFound", msg),
+            H::Conflict(_) => Self::new(StatusCode::CONFLICT, "Conflict", msg),
+            H::BadRequest(_) => Self::new(StatusCode::BAD_REQUEST, "BadRequest", msg),
+            H::TooLarge(_) => Self::new(StatusCode::FORBIDDEN, "QuotaExceeded", msg),
+            H::Unauthorized(_) => Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", msg),
+            H::Storage(cause) => Self::internal("serving a hubs request", cause),
+            H::Internal(cause) => Self::internal("serving a hubs request", cause),
+        }
+    }
+}
+
 impl From<herald_router::RouterError> for ApiError {
     fn from(e: herald_router::RouterError) -> Self {
         use herald_router::RouterError as R;

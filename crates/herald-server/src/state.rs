@@ -21,6 +21,7 @@ pub struct AppState {
     pub tenant_id: Arc<str>,
     pub metrics: PrometheusHandle,
     pub automation: herald_automation::AutomationService,
+    pub hubs: herald_hubs::HubService,
     pub sandbox: herald_automation::sandbox::SandboxLevel,
     /// Cancelled when the server stops; long polls end on it.
     pub shutdown: tokio_util::sync::CancellationToken,

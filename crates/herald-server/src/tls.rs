@@ -18,17 +18,21 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-fn sans(vault_base: &str) -> Vec<String> {
-    vec![
-        "localhost".into(),
-        vault_base.into(),
-        format!("*.{vault_base}"),
-    ]
+/// `localhost`, and each parent domain with its wildcard (vaults and hub
+/// namespaces are addressed by host).
+fn sans(bases: &[&str]) -> Vec<String> {
+    let mut out = vec!["localhost".to_owned()];
+    for base in bases {
+        out.push((*base).to_owned());
+        out.push(format!("*.{base}"));
+    }
+    out
 }
 
-/// Ensures `dir/tls` holds a CA and a leaf covering `vault_base`; reissues the
-/// leaf (same CA) when the base changed so clients keep trusting `ca.pem`.
-pub fn ensure_generated(data_dir: &Path, vault_base: &str) -> anyhow::Result<TlsFiles> {
+/// Ensures `dir/tls` holds a CA and a leaf covering each of `bases` (the
+/// vault and hub namespace parent domains); reissues the leaf (same CA)
+/// when they changed so clients keep trusting `ca.pem`.
+pub fn ensure_generated(data_dir: &Path, bases: &[&str]) -> anyhow::Result<TlsFiles> {
     let dir = data_dir.join("tls");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let files = TlsFiles {
@@ -38,7 +42,7 @@ pub fn ensure_generated(data_dir: &Path, vault_base: &str) -> anyhow::Result<Tls
     };
     let ca_key_path = dir.join("ca.key");
     let sans_path = dir.join("server.sans");
-    let wanted = sans(vault_base).join("\n");
+    let wanted = sans(bases).join("\n");
 
     // The leaf only needs the CA's name and key to chain to the stored
     // ca.pem, so the CA certificate is re-derived from fixed params and the key.
@@ -58,7 +62,7 @@ pub fn ensure_generated(data_dir: &Path, vault_base: &str) -> anyhow::Result<Tls
     let current = std::fs::read_to_string(&sans_path).unwrap_or_default();
     if !files.cert.exists() || !files.key.exists() || current != wanted {
         let ca_cert = ca_params.self_signed(&ca_key)?;
-        let mut leaf = CertificateParams::new(sans(vault_base))?;
+        let mut leaf = CertificateParams::new(sans(bases))?;
         leaf.subject_alt_names.extend([
             SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
@@ -80,7 +84,7 @@ pub fn ensure_generated(data_dir: &Path, vault_base: &str) -> anyhow::Result<Tls
             format!("{}{}", cert.pem(), std::fs::read_to_string(&files.ca)?),
         )?;
         std::fs::write(&sans_path, &wanted)?;
-        tracing::info!(ca = %files.ca.display(), "issued TLS certificate for localhost and *.{vault_base}");
+        tracing::info!(ca = %files.ca.display(), bases = %bases.join(", "), "issued TLS certificate for localhost and the vault and hub domains");
     }
     Ok(files)
 }

@@ -10,6 +10,7 @@ mod binary;
 mod delivery;
 mod durability;
 mod helpers;
+mod hubs;
 mod lifecycle;
 mod multinode;
 mod push_crash;

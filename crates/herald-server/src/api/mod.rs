@@ -3,6 +3,8 @@
 pub mod automation;
 pub mod event_subscriptions;
 pub mod events;
+pub mod hub_data;
+pub mod hubs;
 pub mod secrets;
 pub mod status;
 pub mod system;
@@ -71,11 +73,17 @@ pub fn router(state: AppState) -> Router {
         )
         .nest("/api/v1/automation", automation::router())
         .nest("/api/v1/status", status::router())
+        .nest("/api/v1/hubs", hubs::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::admin_auth,
         ));
-    Router::new()
+    // A namespace's host (`{ns}.{hub_base}`) serves the hubs data plane
+    // only; every other host serves the rest.
+    let hub_plane = hub_data::router()
+        .layer(middleware::from_fn(track))
+        .with_state(state.clone());
+    let main = Router::new()
         .merge(system::router())
         .merge(management)
         .merge(events::router())
@@ -83,9 +91,21 @@ pub fn router(state: AppState) -> Router {
         .merge(automation::job_router())
         .merge(vault_plane)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(track))
-        .with_state(state)
+        .with_state(state.clone());
+    Router::new()
+        .fallback_service(tower::service_fn(move |req: Request| {
+            let (main, hub_plane, st) = (main.clone(), hub_plane.clone(), state.clone());
+            async move {
+                use tower::ServiceExt;
+                if hub_data::namespace_of(&st, req.headers(), req.uri()).is_some() {
+                    hub_plane.oneshot(req).await
+                } else {
+                    main.oneshot(req).await
+                }
+            }
+        }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
 async fn method_not_allowed() -> ApiError {
