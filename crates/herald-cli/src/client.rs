@@ -246,9 +246,18 @@ impl Client {
                     .to_owned()
             }
         };
+        Ok(VaultClient {
+            http: self.for_host(&uri).await?,
+            uri,
+            token: self.token.clone(),
+        })
+    }
+
+    /// An HTTP client for a by-host endpoint (a vault, a hub namespace).
+    /// `*.localhost` names may not resolve here; they go to the server we reach.
+    pub(crate) async fn for_host(&self, uri: &str) -> anyhow::Result<reqwest::Client> {
         let mut b = builder(&self.ca);
-        // `*.localhost` names may not resolve here; send them to the server we reach.
-        let host = reqwest::Url::parse(&uri)?
+        let host = reqwest::Url::parse(uri)?
             .host_str()
             .unwrap_or_default()
             .to_owned();
@@ -263,11 +272,7 @@ impl Client {
                 b = b.resolve(&host, addr);
             }
         }
-        Ok(VaultClient {
-            uri,
-            token: self.token.clone(),
-            http: b.build()?,
-        })
+        Ok(b.build()?)
     }
 }
 

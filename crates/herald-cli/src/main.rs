@@ -4,6 +4,7 @@ mod automation;
 mod bench;
 mod client;
 mod events;
+mod hub;
 mod migrate;
 mod output;
 mod quickstart;
@@ -82,6 +83,9 @@ Config file (TOML, --config or ./herald.toml) keys are the flag names with under
     /// Automation assets: variables and credentials (get works inside jobs).
     #[command(subcommand)]
     Asset(automation::AssetCmd),
+    /// Hubs (Event Hubs): namespaces, event hubs, consumer groups, SAS policies, send, tail.
+    #[command(subcommand)]
+    Hub(hub::HubCmd),
     /// Run a remote worker that pulls jobs of one worker group over HTTPS.
     Worker(worker::WorkerArgs),
     /// Measure throughput against an in-process server and print the figures.
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
             Command::Webhook(cmd) => automation::run_webhook(cmd).await,
             Command::Job(cmd) => automation::run_job(cmd).await,
             Command::Asset(cmd) => automation::run_asset(cmd).await,
+            Command::Hub(cmd) => hub::run(cmd).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Completions { shell } => {

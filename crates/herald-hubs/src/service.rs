@@ -23,6 +23,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+/// The namespace every installation has, so a first hub needs no
+/// namespace; it is `default.{hub_base}`.
+pub const DEFAULT_NAMESPACE: &str = "default";
 /// Default retention, as Azure's Standard tier (7 days).
 pub const DEFAULT_RETENTION_HOURS: i64 = 168;
 /// Longest retention a hub may ask for (90 days, as Premium).
@@ -188,6 +191,15 @@ impl HubService {
     }
 
     // ------------------------------------------------------------ namespaces
+
+    /// Creates the default namespace unless it exists (start-up; several
+    /// nodes may race, and the loser finds it made).
+    pub async fn ensure_default_namespace(&self) -> HubResult<()> {
+        match self.create_namespace(DEFAULT_NAMESPACE).await {
+            Ok(_) | Err(HubError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
 
     /// Creates a namespace with its `RootManageSharedAccessKey`.
     pub async fn create_namespace(&self, name: &str) -> HubResult<NamespaceRecord> {

@@ -171,6 +171,7 @@ impl Node {
                 ..VaultSettings::default()
             })
             .await?;
+        hubs.ensure_default_namespace().await?;
 
         let automation = herald_automation::AutomationService::new(
             storage.clone(),

@@ -760,3 +760,190 @@ async fn every_hubs_management_route_needs_the_admin_token_and_keys_are_sealed()
         }
     }
 }
+
+/// Runs the `herald` CLI against the test server; returns stdout, failing
+/// with stderr when the command fails.
+async fn cli(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Result<String, String> {
+    let config = app.data_dir.path().join("cli-config");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    cmd.args(args)
+        .env("HERALD_ADDR", format!("https://localhost:{}", app.port))
+        .env("HERALD_TOKEN", &app.token)
+        .env("HERALD_CACERT", &app.ca_path)
+        .env("HERALD_CONFIG_DIR", &config)
+        .env_remove("HERALD_HUB_NAMESPACE")
+        .env_remove("HERALD_HUB_CONNECTION_STRING");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("run herald");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn the_cli_manages_hubs_and_sends_and_tails_with_policies() {
+    let app = spawn_app().await;
+    // The default namespace exists from the start.
+    let list = cli(&app, &["hub", "namespace", "list", "--json"], &[])
+        .await
+        .unwrap();
+    assert!(list.contains("\"default\""), "{list}");
+    let made = cli(
+        &app,
+        &[
+            "hub",
+            "create",
+            "orders",
+            "--partitions",
+            "2",
+            "--retention-hours",
+            "24",
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(
+        made.contains("orders") && made.contains("PARTITIONS"),
+        "{made}"
+    );
+    cli(
+        &app,
+        &["hub", "consumer-group", "create", "app", "--hub", "orders"],
+        &[],
+    )
+    .await
+    .unwrap();
+    let groups = cli(
+        &app,
+        &["hub", "consumer-group", "list", "--hub", "orders", "--json"],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(
+        groups.contains("$Default") && groups.contains("\"app\""),
+        "{groups}"
+    );
+    cli(
+        &app,
+        &[
+            "hub", "policy", "create", "sender", "--hub", "orders", "--rights", "Send",
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    cli(
+        &app,
+        &[
+            "hub", "policy", "create", "reader", "--hub", "orders", "--rights", "Listen",
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    let keys: Value = serde_json::from_str(
+        &cli(
+            &app,
+            &[
+                "hub", "policy", "keys", "sender", "--hub", "orders", "--json",
+            ],
+            &[],
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let send_cs = keys["primaryConnectionString"].as_str().unwrap().to_owned();
+    assert!(send_cs.starts_with("Endpoint=sb://default.servicebus.localhost/;SharedAccessKeyName=sender;SharedAccessKey="), "{send_cs}");
+    assert!(send_cs.ends_with(";EntityPath=orders"));
+    let keys: Value = serde_json::from_str(
+        &cli(
+            &app,
+            &[
+                "hub", "policy", "keys", "reader", "--hub", "orders", "--json",
+            ],
+            &[],
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let listen_cs = keys["primaryConnectionString"].as_str().unwrap().to_owned();
+
+    // The sender holds only its Send policy; the app only its Listen policy.
+    let sent = cli(
+        &app,
+        &[
+            "hub",
+            "send",
+            "orders",
+            "one",
+            "two",
+            "--partition-key",
+            "k1",
+            "--property",
+            "kind=test",
+        ],
+        &[("HERALD_HUB_CONNECTION_STRING", &send_cs)],
+    )
+    .await
+    .unwrap();
+    assert!(sent.contains("Sent 2 event(s)"), "{sent}");
+    let p = herald_hubs::partition_for_key("k1", herald_hubs::PartitionCount::new(2).unwrap())
+        .index()
+        .to_string();
+    let tailed = cli(
+        &app,
+        &[
+            "hub",
+            "tail",
+            "orders",
+            "--from",
+            "earliest",
+            "--partition",
+            &p,
+            "--count",
+            "2",
+            "--consumer-group",
+            "app",
+        ],
+        &[("HERALD_HUB_CONNECTION_STRING", &listen_cs)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(tailed, format!("[{p}:0] one\n[{p}:1] two\n"));
+    let refused = cli(
+        &app,
+        &["hub", "send", "orders", "x"],
+        &[("HERALD_HUB_CONNECTION_STRING", &listen_cs)],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        refused.contains("401") && refused.contains("Send"),
+        "{refused}"
+    );
+    // With the admin token alone, tail reads every partition.
+    let all = cli(
+        &app,
+        &[
+            "hub", "tail", "orders", "--from", "earliest", "--count", "2", "--json",
+        ],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(all.lines().count(), 2, "{all}");
+    let shown = cli(&app, &["hub", "show", "orders"], &[]).await.unwrap();
+    assert!(shown.contains("LAST SEQ"), "{shown}");
+    let bad = cli(&app, &["hub", "create", "orders", "--partitions", "0"], &[])
+        .await
+        .unwrap_err();
+    assert!(bad.contains("artition"), "{bad}");
+}
