@@ -907,6 +907,8 @@ async fn tail(
                 return Err(rest_error(resp).await);
             }
             let page: Value = resp.json().await?;
+            let mut done = false;
+            let mut last = None;
             for e in page["value"].as_array().cloned().unwrap_or_default() {
                 if conn.json {
                     println!(
@@ -916,20 +918,31 @@ async fn tail(
                 } else {
                     println!("[{p}:{}] {}", e["sequenceNumber"], output::s(&e["body"]));
                 }
+                last = e["sequenceNumber"].as_i64();
                 printed += 1;
                 if count.is_some_and(|c| printed >= c) {
-                    return Ok(());
+                    done = true;
+                    break;
                 }
             }
-            let n = page["nextSequenceNumber"].as_i64();
-            if checkpoint && let Some(n) = n.filter(|n| Some(*n) != next[i]) {
+            // The checkpoint names the last event printed, so a later
+            // `--from checkpoint` starts right after it.
+            if checkpoint && let Some(seq) = last {
                 let cp = format!("{base}/{hub}/consumergroups/{group}/checkpoints/{p}");
-                http.put(&cp)
+                let resp = http
+                    .put(&cp)
                     .header("Authorization", &token)
-                    .body(json!({"sequenceNumber": n - 1}).to_string())
+                    .body(json!({"sequenceNumber": seq}).to_string())
                     .send()
                     .await?;
+                if !resp.status().is_success() {
+                    return Err(rest_error(resp).await);
+                }
             }
+            if done {
+                return Ok(());
+            }
+            let n = page["nextSequenceNumber"].as_i64();
             next[i] = n.or(next[i]);
         }
     }

@@ -18,8 +18,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Every tutorial with its test; a new file in the directory must be added.
-const TUTORIALS: [&str; 3] = [
+const TUTORIALS: [&str; 4] = [
     "automation-webhooks.md",
+    "event-hubs.md",
     "keyvault-events-to-automation.md",
     "webhook-event-delivery.md",
 ];
@@ -291,6 +292,11 @@ async fn webhook_event_delivery() {
         &["--delivery-allowed-cidrs", "127.0.0.0/8"],
     )
     .await;
+}
+
+#[tokio::test]
+async fn event_hubs() {
+    run_tutorial("event-hubs.md", 7, &[]).await;
 }
 
 #[test]
