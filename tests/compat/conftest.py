@@ -207,7 +207,7 @@ def start_herald(data_dir: Path, log_path: Path, *, port: Optional[int] = None,
     env = dict(os.environ, HERALD_ADMIN_TOKEN=admin_token)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
+            [str(binary), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", "--amqp-listen", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
         )
     server = Herald(proc=proc, port=port, data_dir=data_dir, log_path=log_path, admin_token=admin_token)

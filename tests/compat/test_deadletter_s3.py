@@ -82,7 +82,7 @@ def herald_s3(s3: tuple[str, Any]) -> Iterator[Herald]:
     log_path = root / "herald.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [str(conftest._resolve_bin()), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
+            [str(conftest._resolve_bin()), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", "--amqp-listen", "127.0.0.1:0",
              "--delivery-allowed-cidrs", "127.0.0.0/8", "--dead-letter-url", f"s3://{BUCKET}/herald"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
         )

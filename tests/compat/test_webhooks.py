@@ -60,7 +60,7 @@ def start_herald_with_allow_list(data_dir: Path, log_path: Path) -> Herald:
     env = dict(os.environ, HERALD_ADMIN_TOKEN=admin_token)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
+            [str(binary), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", "--amqp-listen", "127.0.0.1:0",
              "--delivery-allowed-cidrs", "127.0.0.0/8", "--delivery-retry-scale", "0.001"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
         )

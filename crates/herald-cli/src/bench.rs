@@ -128,6 +128,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             master_key: Some(master_key.clone()),
             database: args.database.clone(),
             delivery_allowed_cidrs: vec!["127.0.0.0/8".into()],
+            amqp_listen: "127.0.0.1:0".into(),
             ..Default::default()
         };
         let server = herald_node::Node::build(config, listener).await?;

@@ -190,6 +190,8 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         admin_token: Some(token.clone()),
         lifecycle_interval_ms: 250,
         herald_bin: std::env::current_exe().ok(),
+        // A throwaway server needs no AMQP port (and must not take 5671).
+        amqp_listen: "off".into(),
         ..Default::default()
     };
     let server = step(

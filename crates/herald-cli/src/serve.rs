@@ -41,6 +41,14 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) hub_base: Option<String>,
+    /// AMQP 1.0 over TLS for the Event Hubs SDKs: HOST:PORT, or off [default: 127.0.0.1:5671]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) amqp_listen: Option<String>,
+    /// Plaintext AMQP for UseDevelopmentEmulator=true connection strings: HOST:PORT [default: off]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) amqp_plain_listen: Option<String>,
     /// Port written into ids and event URLs, when clients reach Herald through another port
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

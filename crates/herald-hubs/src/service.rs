@@ -140,6 +140,8 @@ pub struct HubService {
     /// Per partition, the next sequence number, so waiting readers wake
     /// the moment an append commits on this node.
     heads: Arc<Mutex<Heads>>,
+    /// Partitions whose heads a poller refreshes from storage.
+    polled: Arc<Mutex<std::collections::HashSet<(HubId, i64)>>>,
 }
 
 impl std::fmt::Debug for HubService {
@@ -168,6 +170,7 @@ impl HubService {
             namespace_base: namespace_base.trim_matches('.').to_ascii_lowercase(),
             round_robin: Arc::new(RoundRobin::new()),
             heads: Arc::default(),
+            polled: Arc::default(),
         }
     }
 
@@ -675,19 +678,30 @@ impl HubService {
         entity_uri: &str,
         right: Right,
     ) -> HubResult<SasGrant> {
+        let grant = self.verify_token(ns, Some(hub), token, entity_uri).await?;
+        grant.require(right, entity_uri)?;
+        Ok(grant)
+    }
+
+    /// Verifies a SAS token for `entity_uri` (under `hub` when given, else
+    /// anywhere in the namespace) and returns what it grants, whatever the
+    /// rights: the AMQP edge checks them per link.
+    pub async fn verify_token(
+        &self,
+        ns: &NamespaceRecord,
+        hub: Option<&HubRecord>,
+        token: &str,
+        entity_uri: &str,
+    ) -> HubResult<SasGrant> {
         let parsed = sas::SasToken::parse(token)?;
+        let key = parsed.key_name().to_ascii_lowercase();
         let mut candidates = Vec::new();
-        for scope in [hub.id.as_str(), ""] {
-            if let Some(p) = self
-                .storage
-                .policy(
-                    ns.id.as_str(),
-                    scope,
-                    &parsed.key_name().to_ascii_lowercase(),
-                )
-                .await?
-            {
+        for scope in [hub.map_or("", |h| h.id.as_str()), ""] {
+            if let Some(p) = self.storage.policy(ns.id.as_str(), scope, &key).await? {
                 candidates.push(p);
+            }
+            if hub.is_none() {
+                break;
             }
         }
         let opened: Vec<(Zeroizing<String>, Zeroizing<String>, Rights, String)> = candidates
@@ -707,9 +721,7 @@ impl HubService {
             secondary_key: b,
             rights: *r,
         });
-        let grant = parsed.verify(chrono::Utc::now().timestamp(), entity_uri, rules)?;
-        grant.require(right, entity_uri)?;
-        Ok(grant)
+        Ok(parsed.verify(chrono::Utc::now().timestamp(), entity_uri, rules)?)
     }
 
     // ------------------------------------------------------------ the log
@@ -726,7 +738,15 @@ impl HubService {
                 "A send needs at least one event.".into(),
             ));
         }
-        let size: usize = events.iter().map(NewEvent::approximate_size).sum();
+        // An AMQP event's encoded message holds its body; count it once.
+        let size: usize = events
+            .iter()
+            .map(|e| {
+                e.amqp
+                    .as_ref()
+                    .map_or_else(|| e.approximate_size(), |a| a.len())
+            })
+            .sum();
         if size > rest::MAX_PUBLICATION_BYTES {
             return Err(HubError::TooLarge(format!(
                 "The publication is {size} bytes; the limit is {} bytes for one event or batch.",
@@ -784,6 +804,57 @@ impl HubService {
             .entry((hub.clone(), partition))
             .or_insert_with(|| watch::channel(0).0)
             .clone()
+    }
+
+    /// The next sequence number of a partition, updated the moment an
+    /// append commits on this node, and within a second of one on another
+    /// node (a poller runs while anyone watches).
+    pub async fn watch(&self, hub: &HubRecord, partition: i64) -> HubResult<watch::Receiver<i64>> {
+        let next = self
+            .partitions(hub)
+            .await?
+            .into_iter()
+            .find(|p| p.partition == partition)
+            .ok_or_else(|| HubError::NotFound {
+                kind: "partition",
+                name: partition.to_string(),
+            })?
+            .next_seq;
+        let tx = self.head(&hub.id, partition);
+        tx.send_if_modified(|h| {
+            let grew = next > *h;
+            *h = (*h).max(next);
+            grew
+        });
+        let rx = tx.subscribe();
+        let key = (hub.id.clone(), partition);
+        let start = self
+            .polled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone());
+        if start {
+            let (svc, hub) = (self.clone(), hub.clone());
+            tokio::spawn(async move {
+                while tx.receiver_count() > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Ok(parts) = svc.storage.partitions(hub.id.as_str()).await
+                        && let Some(p) = parts.iter().find(|p| p.partition == partition)
+                    {
+                        tx.send_if_modified(|h| {
+                            let grew = p.next_seq > *h;
+                            *h = (*h).max(p.next_seq);
+                            grew
+                        });
+                    }
+                }
+                svc.polled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+            });
+        }
+        Ok(rx)
     }
 
     /// Up to `max` events of a partition from sequence number `from`.

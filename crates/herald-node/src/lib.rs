@@ -7,6 +7,7 @@
 //! domains: today HTTPS (herald-server); the AMQP and Kafka listeners of
 //! the hubs join them here.
 
+mod amqp;
 mod bootstrap;
 mod duties;
 mod resolver;
@@ -43,11 +44,16 @@ pub struct StartInfo {
     pub default_vault_uri: String,
     pub tenant_id: String,
     pub storage: &'static str,
+    /// The AMQP (TLS) listener's address, when on.
+    pub amqp_addr: Option<SocketAddr>,
+    /// The plaintext AMQP listener's address, when on.
+    pub amqp_plain_addr: Option<SocketAddr>,
 }
 
 /// One Herald node, built and ready to serve.
 pub struct Node {
     listener: TcpListener,
+    amqp: Vec<herald_amqp::AmqpListener>,
     state: AppState,
     tls: TlsAcceptor,
     pub info: StartInfo,
@@ -199,6 +205,8 @@ impl Node {
             default_vault_uri: urls.vault_uri(herald_vault::DEFAULT_VAULT),
             tenant_id: tenant_id.clone(),
             storage: storage.engine(),
+            amqp_addr: None,
+            amqp_plain_addr: None,
         };
         let state = AppState {
             config: Arc::new(config),
@@ -215,8 +223,43 @@ impl Node {
             sandbox,
             shutdown: CancellationToken::new(),
         };
+        // The AMQP listeners are bound now, so a taken port fails the start
+        // and tests can read the ports back; they serve in `serve`.
+        let backend: Arc<dyn herald_amqp::HubsBackend> = amqp::HubsAmqp::new(state.hubs.clone());
+        let mut amqp = Vec::new();
+        let mut amqp_addrs = [None, None];
+        let tls_addr =
+            (state.config.amqp_listen != "off").then(|| state.config.amqp_listen.clone());
+        for (i, (addr, tls)) in [
+            (
+                tls_addr,
+                Some(herald_server::tls::bare_server_config(&cert, &key)?),
+            ),
+            (state.config.amqp_plain_listen.clone(), None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some(addr) = addr else { continue };
+            let addr: SocketAddr = addr.parse().context("amqp listen address")?;
+            let l = herald_amqp::AmqpListener::bind(
+                herald_amqp::ListenerConfig { addr, tls, limits: herald_amqp::Limits::default() },
+                backend.clone(),
+                state.shutdown.clone(),
+            )
+            .await
+            .with_context(|| {
+                format!("cannot listen for AMQP on {addr}: is the port taken? Set --amqp-listen HOST:PORT (or off)")
+            })?;
+            amqp_addrs[i] = Some(l.local_addr()?);
+            amqp.push(l);
+        }
+        let mut info = info;
+        info.amqp_addr = amqp_addrs[0];
+        info.amqp_plain_addr = amqp_addrs[1];
         Ok(Self {
             listener,
+            amqp,
             state,
             tls,
             info,
@@ -228,6 +271,7 @@ impl Node {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
+            amqp,
             state,
             tls,
             info,
@@ -242,9 +286,13 @@ impl Node {
             });
         }
         let duties = duties::start(node_duties(&state, &info), &state.storage, &shutdown);
+        let amqp_tasks: Vec<_> = amqp.into_iter().map(|l| tokio::spawn(l.serve())).collect();
         let app = herald_server::api::router(state);
         tracing::info!(url = %info.url, storage = info.storage, data_dir = %info.data_dir.display(), "herald is listening");
         herald_server::https::serve(listener, tls, app, shutdown).await;
+        for task in amqp_tasks {
+            let _ = task.await;
+        }
         for duty in duties {
             let _ = duty.await;
         }

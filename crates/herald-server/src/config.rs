@@ -23,6 +23,11 @@ pub struct Config {
     pub vault_base: String,
     /// Parent domain of hub namespaces: namespace `orders` is `orders.{hub_base}`.
     pub hub_base: String,
+    /// AMQP 1.0 over TLS for the Event Hubs SDKs (`HOST:PORT`, or `off`).
+    pub amqp_listen: String,
+    /// Plaintext AMQP for `UseDevelopmentEmulator=true` connection strings
+    /// (`HOST:PORT`); off unless set.
+    pub amqp_plain_listen: Option<String>,
     /// Port written into ids and event URLs; defaults to the bound port.
     pub public_port: Option<u16>,
     /// Initial admin token (HERALD_ADMIN_TOKEN); generated when unset.
@@ -77,6 +82,8 @@ impl Default for Config {
             durability: "normal".into(),
             vault_base: "vault.localhost".into(),
             hub_base: "servicebus.localhost".into(),
+            amqp_listen: "127.0.0.1:5671".into(),
+            amqp_plain_listen: None,
             public_port: None,
             admin_token: None,
             master_key: None,
@@ -178,6 +185,19 @@ impl Config {
             {
                 return bad(format!("{key} '{base}' is not a valid domain name"));
             }
+        }
+        if self.amqp_listen != "off" && self.amqp_listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!(
+                "amqp_listen '{}' must be HOST:PORT (e.g. 0.0.0.0:5671) or off",
+                self.amqp_listen
+            ));
+        }
+        if let Some(a) = &self.amqp_plain_listen
+            && a.parse::<std::net::SocketAddr>().is_err()
+        {
+            return bad(format!(
+                "amqp_plain_listen '{a}' must be HOST:PORT, e.g. 127.0.0.1:5672"
+            ));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return bad("tls_cert and tls_key must be set together".into());

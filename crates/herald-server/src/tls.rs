@@ -115,6 +115,13 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
 }
 
 pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
+    let mut cfg = Arc::unwrap_or_clone(bare_server_config(cert, key)?);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The same certificate without ALPN, for listeners other than HTTPS (AMQP).
+pub fn bare_server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut std::io::BufReader::new(
         std::fs::File::open(cert)
             .with_context(|| format!("opening TLS certificate {}", cert.display()))?,
@@ -124,11 +131,10 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig
         std::fs::File::open(key).with_context(|| format!("opening TLS key {}", key.display()))?,
     ))?
     .context("no private key found in the TLS key file")?;
-    let mut cfg =
+    let cfg =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, key)?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

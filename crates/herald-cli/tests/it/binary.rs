@@ -41,6 +41,7 @@ pub async fn start(data: &Path, port: u16, logs: &Path, run: usize, extra_args: 
             .arg(data)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .args(["--amqp-listen", "127.0.0.1:0"])
             .args(extra_args)
             .current_dir(logs)
             .env("HERALD_ADMIN_TOKEN", TOKEN)

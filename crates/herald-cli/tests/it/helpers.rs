@@ -233,6 +233,9 @@ async fn boot(
         admin_token: Some(TOKEN.into()),
         lifecycle_interval_ms: 200,
         database: database.map(str::to_owned),
+        // Every test server has its own AMQP ports.
+        amqp_listen: "127.0.0.1:0".into(),
+        amqp_plain_listen: Some("127.0.0.1:0".into()),
         ..Default::default()
     };
     if let Some(t) = tweak {

@@ -661,6 +661,7 @@ async fn real_binary_never_logs_or_stores_plaintext() {
         .arg(data.path())
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
+        .args(["--amqp-listen", "127.0.0.1:0"])
         .current_dir(logs.path())
         .env("HERALD_ADMIN_TOKEN", TOKEN)
         .env("RUST_LOG", "debug")
