@@ -500,6 +500,7 @@ async fn run_group(cmd: GroupCmd) -> anyhow::Result<()> {
             rows,
             Columns::new()
                 .col("NAME", |v: &Value| output::s(&v["name"]))
+                .col("LAG", |v| output::s(&v["lag"]))
                 .col("METADATA", |v| output::s(&v["userMetadata"]))
                 .col("CREATED", |v| output::ts(&v["createdAt"])),
         )

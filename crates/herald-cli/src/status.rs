@@ -91,6 +91,31 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 .col("DEAD-LETTERED", |x| output::s(&x["deadLettered"])),
         );
     }
+    let hubs = s["hubs"].as_array().cloned().unwrap_or_default();
+    if !hubs.is_empty() {
+        println!("\nEvent hubs");
+        output::print_table(
+            &hubs,
+            Columns::new()
+                .col("NAMESPACE", |x: &Value| output::s(&x["namespace"]))
+                .col("HUB", |x| output::s(&x["name"]))
+                .col("PARTITIONS", |x| output::s(&x["partitions"]))
+                .col("EVENTS IN", |x| output::s(&x["incomingEvents"]))
+                .col("CONSUMER LAG", |x| {
+                    x["consumerGroups"]
+                        .as_array()
+                        .map(|g| {
+                            g.iter()
+                                .map(|g| {
+                                    format!("{} {}", output::s(&g["name"]), output::s(&g["lag"]))
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        })
+                        .unwrap_or_default()
+                }),
+        );
+    }
     let jobs = s["jobs"].as_object().cloned().unwrap_or_default();
     println!("\nJobs by status");
     if jobs.is_empty() {

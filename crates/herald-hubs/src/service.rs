@@ -959,6 +959,49 @@ impl HubService {
             .await?)
     }
 
+    /// Each consumer group's lag: the retained events after its
+    /// checkpoints, summed over the partitions (all retained events of a
+    /// partition without a checkpoint). Also published as the
+    /// `herald_hub_consumer_lag` gauge.
+    pub async fn consumer_lag(
+        &self,
+        hub: &HubRecord,
+    ) -> HubResult<Vec<(ConsumerGroupRecord, i64)>> {
+        let parts = self.storage.partitions(hub.id.as_str()).await?;
+        let mut out = Vec::new();
+        for group in self.storage.consumer_groups(hub.id.as_str()).await? {
+            let cps = self
+                .storage
+                .checkpoints(hub.id.as_str(), &group.key)
+                .await?;
+            let lag: i64 = parts
+                .iter()
+                .map(|p| {
+                    let from = cps
+                        .iter()
+                        .find(|c| c.partition == p.partition)
+                        .map_or(p.begin_seq, |c| (c.seq + 1).max(p.begin_seq));
+                    (p.next_seq - from).max(0)
+                })
+                .sum();
+            metrics::gauge!("herald_hub_consumer_lag", "hub" => hub.name.clone(), "consumer_group" => group.name.clone())
+                .set(lag as f64);
+            out.push((group, lag));
+        }
+        Ok(out)
+    }
+
+    /// Every hub of every namespace, with its namespace's name.
+    pub async fn all_hubs(&self) -> HubResult<Vec<(String, HubRecord)>> {
+        let mut out = Vec::new();
+        for ns in self.storage.list_namespaces().await? {
+            for hub in self.storage.list_hubs(ns.id.as_str()).await? {
+                out.push((ns.name.clone(), hub));
+            }
+        }
+        Ok(out)
+    }
+
     /// Drops events older than each hub's retention; returns how many.
     pub async fn prune(&self) -> HubResult<i64> {
         let now = now_ms();
@@ -1028,6 +1071,12 @@ impl HubService {
                         _ = tick.tick() => {
                             if let Err(e) = hubs.prune().await {
                                 tracing::error!(error = %e, "hub retention pass failed; will retry");
+                            }
+                            // Keep the lag gauges current for /metrics.
+                            if let Ok(all) = hubs.all_hubs().await {
+                                for (_, hub) in all {
+                                    let _ = hubs.consumer_lag(&hub).await;
+                                }
                             }
                         }
                     }

@@ -644,6 +644,34 @@ async fn a_waiting_pull_wakes_on_send_and_checkpoints_resume() {
     assert_eq!(cp.expect(200)["sequenceNumber"], 1);
     let rest = pull(&app, &listen, "$Default", 0, "").await;
     assert_eq!(rest.expect(200)["value"][0]["body"], "two");
+    // Lag: the retained events after the group's checkpoints.
+    let groups = hubs(
+        &app,
+        Method::GET,
+        "/namespaces/orders-ns/eventhubs/orders/consumergroups",
+        None,
+    )
+    .await;
+    assert_eq!(groups.expect(200)["value"][0]["lag"], 1, "{}", groups.text);
+    let status = app
+        .send(
+            app.client
+                .get(format!("https://localhost:{}/api/v1/status", app.port))
+                .bearer_auth(&app.token),
+        )
+        .await;
+    let hub_status = status.expect(200)["hubs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "orders")
+        .cloned()
+        .expect("the hub in status");
+    assert_eq!(hub_status["incomingEvents"], 3);
+    assert_eq!(
+        hub_status["consumerGroups"][0],
+        json!({"lag": 1, "name": "$Default"})
+    );
     assert_eq!(
         app.send(
             app.client

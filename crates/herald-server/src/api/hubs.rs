@@ -159,6 +159,10 @@ fn hub_dto(ns: &str, h: &HubRecord) -> HubDto {
 #[serde(rename_all = "camelCase")]
 struct ConsumerGroupDto {
     created_at: String,
+    /// Retained events after the group's checkpoints, over all partitions
+    /// (in lists only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag: Option<i64>,
     name: String,
     user_metadata: String,
 }
@@ -166,6 +170,7 @@ struct ConsumerGroupDto {
 fn group_dto(g: &ConsumerGroupRecord) -> ConsumerGroupDto {
     ConsumerGroupDto {
         created_at: iso(g.created),
+        lag: None,
         name: g.name.clone(),
         user_metadata: g.user_metadata.clone(),
     }
@@ -368,8 +373,17 @@ async fn list_groups(
     State(st): State<AppState>,
     Path((ns, hub)): Path<(String, String)>,
 ) -> Result<Json<List<ConsumerGroupDto>>, ApiError> {
-    let groups = st.hubs.consumer_groups(&ns, &hub).await?;
-    Ok(Json(groups.iter().map(group_dto).collect()))
+    let (_, hub) = st.hubs.hub(&ns, &hub).await?;
+    let groups = st.hubs.consumer_lag(&hub).await?;
+    Ok(Json(
+        groups
+            .iter()
+            .map(|(g, lag)| ConsumerGroupDto {
+                lag: Some(*lag),
+                ..group_dto(g)
+            })
+            .collect(),
+    ))
 }
 
 async fn put_group(

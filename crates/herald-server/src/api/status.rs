@@ -16,6 +16,7 @@ pub fn router() -> Router<AppState> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Status {
+    hubs: Vec<HubSummary>,
     /// Jobs by status.
     jobs: BTreeMap<String, i64>,
     remote_workers: Vec<WorkerSummary>,
@@ -38,6 +39,22 @@ struct SubscriptionSummary {
     name: String,
     provisioning_state: herald_core::ProvisioningState,
     topic: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HubSummary {
+    consumer_groups: Vec<GroupLag>,
+    incoming_events: i64,
+    name: String,
+    namespace: String,
+    partitions: i64,
+}
+
+#[derive(Serialize)]
+struct GroupLag {
+    lag: i64,
+    name: String,
 }
 
 #[derive(Serialize)]
@@ -79,7 +96,32 @@ async fn status(State(st): State<AppState>) -> Result<Json<Status>, ApiError> {
     let runbooks = st.automation.list_runbooks().await?.len();
     let webhooks = st.automation.list_webhooks(None).await?.len();
     let workers = st.automation.workers().await?;
+    let mut hubs = Vec::new();
+    for (namespace, hub) in st.hubs.all_hubs().await? {
+        let incoming_events = st
+            .hubs
+            .partitions(&hub)
+            .await?
+            .iter()
+            .map(|p| p.events_in)
+            .sum();
+        let consumer_groups = st
+            .hubs
+            .consumer_lag(&hub)
+            .await?
+            .into_iter()
+            .map(|(g, lag)| GroupLag { lag, name: g.name })
+            .collect();
+        hubs.push(HubSummary {
+            consumer_groups,
+            incoming_events,
+            name: hub.name.clone(),
+            namespace,
+            partitions: hub.partition_count,
+        });
+    }
     Ok(Json(Status {
+        hubs,
         jobs,
         remote_workers: workers
             .iter()
