@@ -10,6 +10,7 @@ mod binary;
 mod delivery;
 mod durability;
 mod helpers;
+mod hub_crash;
 mod hubs;
 mod lifecycle;
 mod multinode;
