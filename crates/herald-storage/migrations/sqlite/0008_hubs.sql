@@ -5,7 +5,8 @@
 -- AMQP transfer) is one row holding all its events, encoded by
 -- herald-hubs (event.rs). Sequence numbers are dense per partition: the
 -- partition row's next_seq is advanced in the same transaction that
--- inserts the segment. Times are epoch milliseconds.
+-- inserts the segment. Times are epoch milliseconds. Tables keep their
+-- rowid: `herald migrate` copies rows in rowid order.
 
 CREATE TABLE hub_namespaces (
     id      TEXT PRIMARY KEY,
@@ -35,7 +36,7 @@ CREATE TABLE hub_partitions (
     events_in     INTEGER NOT NULL DEFAULT 0,
     bytes_in      INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (hub_id, partition)
-) WITHOUT ROWID;
+);
 
 CREATE TABLE hub_segments (
     hub_id    TEXT NOT NULL REFERENCES hubs(id) ON DELETE CASCADE,
@@ -46,7 +47,7 @@ CREATE TABLE hub_segments (
     enqueued  INTEGER NOT NULL,
     payload   BLOB NOT NULL,
     PRIMARY KEY (hub_id, partition, first_seq)
-) WITHOUT ROWID;
+);
 
 CREATE TABLE hub_consumer_groups (
     hub_id        TEXT NOT NULL REFERENCES hubs(id) ON DELETE CASCADE,
