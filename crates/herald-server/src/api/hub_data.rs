@@ -154,9 +154,9 @@ async fn authorize(
             )
         })?
         .to_owned();
-    // Unknown namespaces and hubs answer 401 before 404 would tell a
-    // caller without a key which names exist? Azure answers 404 for a
-    // missing entity even then; Herald does too (the spec's default).
+    // A missing hub answers 404 before the token is checked, as Azure
+    // does (the spec's default), although that tells a caller without a
+    // key which names exist.
     let (ns, hub) = st.hubs.hub(&ns, hub).await?;
     let entity_uri = format!("{}{entity}", st.hubs.hub_uri(&ns, &hub));
     st.hubs
