@@ -76,10 +76,21 @@ impl HubsAmqp {
             .ok()
             .filter(|n| (0..hub.partition_count).contains(n) && *p == n.to_string())
     }
+
+    /// The partition a link names, or Azure's not-found error.
+    fn pid(host: &str, hub: &str, h: &HubRecord, partition: &str) -> Result<i64, ReadError> {
+        Self::partition(h, partition).ok_or_else(|| partition_not_found(host, hub, partition))
+    }
 }
 
 fn entity(host: &str, hub: &str) -> String {
     format!("sb://{host}/{hub}")
+}
+
+fn partition_not_found(host: &str, hub: &str, partition: &str) -> ReadError {
+    ReadError::NotFound {
+        entity: format!("{}/partitions/{partition}", entity(host, hub)),
+    }
 }
 
 fn read_err(host: &str, hub: &str, e: HubError) -> ReadError {
@@ -236,9 +247,7 @@ impl HubsBackend for HubsAmqp {
             .map_err(|e| read_err(namespace_host, hub, e))?
             .into_iter()
             .find(|p| Some(p.partition) == Self::partition(&h, partition))
-            .ok_or_else(|| ReadError::NotFound {
-                entity: format!("{}/partitions/{partition}", entity(namespace_host, hub)),
-            })?;
+            .ok_or_else(|| partition_not_found(namespace_host, hub, partition))?;
         let empty = p.is_empty();
         let last = p.next_seq - 1;
         Ok(PartitionProperties {
@@ -325,9 +334,7 @@ impl HubsBackend for HubsAmqp {
             .consumer_group(&h, consumer_group)
             .await
             .map_err(|e| read_err(namespace_host, hub, e))?;
-        let pid = Self::partition(&h, partition).ok_or_else(|| ReadError::NotFound {
-            entity: format!("{}/partitions/{partition}", entity(namespace_host, hub)),
-        })?;
+        let pid = Self::pid(namespace_host, hub, &h, partition)?;
         let head = self
             .hubs
             .partitions(&h)
@@ -335,9 +342,7 @@ impl HubsBackend for HubsAmqp {
             .map_err(|e| read_err(namespace_host, hub, e))?
             .into_iter()
             .find(|p| p.partition == pid)
-            .ok_or_else(|| ReadError::NotFound {
-                entity: format!("{}/partitions/{partition}", entity(namespace_host, hub)),
-            })?;
+            .ok_or_else(|| partition_not_found(namespace_host, hub, partition))?;
         let (begin, next) = (head.begin_seq, head.next_seq);
         let past_end = |n: i64| ReadError::SequenceOutOfRange {
             requested: n,
@@ -397,9 +402,7 @@ impl HubsBackend for HubsAmqp {
             .hub(namespace_host, hub)
             .await
             .map_err(|e| read_err(namespace_host, hub, e))?;
-        let pid = Self::partition(&h, partition).ok_or_else(|| ReadError::NotFound {
-            entity: format!("{}/partitions/{partition}", entity(namespace_host, hub)),
-        })?;
+        let pid = Self::pid(namespace_host, hub, &h, partition)?;
         let events = self
             .hubs
             .read(&h, pid, from_sequence, max)
@@ -419,9 +422,7 @@ impl HubsBackend for HubsAmqp {
             .hub(namespace_host, hub)
             .await
             .map_err(|e| read_err(namespace_host, hub, e))?;
-        let pid = Self::partition(&h, partition).ok_or_else(|| ReadError::NotFound {
-            entity: format!("{}/partitions/{partition}", entity(namespace_host, hub)),
-        })?;
+        let pid = Self::pid(namespace_host, hub, &h, partition)?;
         self.hubs
             .watch(&h, pid)
             .await
