@@ -20,6 +20,7 @@
 //! ```
 
 pub mod backend;
+pub mod client;
 pub mod position;
 
 mod address;

@@ -7,6 +7,8 @@
 
 #[path = "bench_automation.rs"]
 mod automation;
+#[path = "bench_hubs.rs"]
+mod hubs;
 #[path = "bench_push.rs"]
 mod push;
 
@@ -46,6 +48,12 @@ pub(crate) enum Scenario {
     WebhookWait,
     /// Sustained trivial jobs per second (1000 webhook calls per run)
     Jobs,
+    /// Durable hub ingest over AMQP (TLS): batches of 1,000 events of 100 B, then of 1 KB
+    HubIngest,
+    /// One AMQP consumer reading a hub partition backlog (--hub-events) from the start
+    HubRead,
+    /// Hub send-to-receive latency over AMQP at 1,000 events/s
+    HubLatency,
 }
 
 #[derive(Args)]
@@ -74,6 +82,12 @@ pub(crate) struct BenchArgs {
     /// Herald nodes sharing the database (PostgreSQL only); connections are spread over them
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// AMQP connections (one sender link each, on its own partition) for hub-ingest
+    #[arg(long, default_value_t = 2)]
+    amqp_connections: usize,
+    /// Backlog (events of 100 B) the hub-read consumer reads per run
+    #[arg(long, default_value_t = 1_000_000)]
+    hub_events: u64,
 }
 
 const TOKEN: &str = "hrd_bench_token_0123456789abcdef";
@@ -83,6 +97,8 @@ pub(crate) struct Target {
     next: AtomicU64,
     host: String,
     tls: TlsConnector,
+    /// The first node's AMQP (TLS) listener.
+    amqp: Option<SocketAddr>,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -160,6 +176,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         next: AtomicU64::new(0),
         host: "localhost".into(),
         tls: TlsConnector::from(Arc::new(client)),
+        amqp: info.amqp_addr,
     });
 
     println!(
@@ -201,6 +218,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             automation::run(&target, &args, *scenario).await?;
             continue;
         }
+        if matches!(
+            scenario,
+            Scenario::HubIngest | Scenario::HubRead | Scenario::HubLatency
+        ) {
+            hubs::run(&target, &args, *scenario).await?;
+            continue;
+        }
         if *scenario == Scenario::PullReceiveAck {
             setup_topic(&target, "bench-pull", 1).await?;
             let mut rates = Vec::new();
@@ -236,7 +260,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             | Scenario::PushLatency
             | Scenario::WebhookRunning
             | Scenario::WebhookWait
-            | Scenario::Jobs => continue,
+            | Scenario::Jobs
+            | Scenario::HubIngest
+            | Scenario::HubRead
+            | Scenario::HubLatency => continue,
             Scenario::SecretSet => {
                 measure(&target, &args, "secret-set", |i| {
                     (
@@ -552,4 +579,18 @@ where
         rates.push(rate);
     }
     Ok(rates)
+}
+
+/// This process's resident set (server and bench client together).
+pub(crate) fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

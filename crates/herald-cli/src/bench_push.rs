@@ -1,7 +1,7 @@
 //! Push-delivery benchmarks: a local receiver answering 200 at once, and
 //! Herald pushing to it over plain HTTP on loopback.
 
-use super::{BenchArgs, Scenario, Target, call, connect, report, request};
+use super::{BenchArgs, Scenario, Target, call, connect, report, request, rss_mb};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -148,19 +148,6 @@ async fn wait_for(sink: &Sink, total: u64, limit: Duration) -> anyhow::Result<In
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok(Instant::now())
-}
-
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<f64>().ok())
-            })
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 pub(crate) async fn run(
