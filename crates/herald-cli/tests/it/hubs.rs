@@ -975,3 +975,80 @@ async fn the_cli_manages_hubs_and_sends_and_tails_with_policies() {
         .unwrap_err();
     assert!(bad.contains("artition"), "{bad}");
 }
+
+#[tokio::test]
+async fn the_plain_host_serves_the_default_namespace() {
+    let app = spawn_app().await;
+    hubs(
+        &app,
+        Method::POST,
+        "/namespaces/default/eventhubs",
+        Some(json!({"name": "plain", "partitionCount": 1})),
+    )
+    .await
+    .expect(201);
+    let keys = hubs(
+        &app,
+        Method::POST,
+        "/namespaces/default/authorizationRules/RootManageSharedAccessKey/listKeys",
+        None,
+    )
+    .await;
+    let root = (
+        "RootManageSharedAccessKey".to_owned(),
+        keys.expect(200)["primaryKey"].as_str().unwrap().to_owned(),
+    );
+    let origin = format!("https://localhost:{}", app.port);
+    // Tokens name the host the caller uses.
+    let good = token("https://localhost/plain", &root, 600);
+    let r = app
+        .send(
+            app.client
+                .post(format!("{origin}/plain/messages"))
+                .header("Authorization", &good)
+                .body("on the plain host"),
+        )
+        .await;
+    r.expect(201);
+    let r = app
+        .send(
+            app.client
+                .get(format!(
+                    "{origin}/plain/consumergroups/$Default/partitions/0/messages?fromSequenceNumber=0"
+                ))
+                .header("Authorization", &good),
+        )
+        .await;
+    assert_eq!(r.expect(200)["value"][0]["body"], "on the plain host");
+    // A token for the namespace host does not cover the plain host.
+    let other = token("https://default.servicebus.localhost/plain", &root, 600);
+    let r = app
+        .send(
+            app.client
+                .post(format!("{origin}/plain/messages"))
+                .header("Authorization", &other)
+                .body("x"),
+        )
+        .await;
+    assert_eq!(r.status, 401);
+    // The plain host's own planes keep their paths: a secret named
+    // "messages" is still a secret, and unknown hubs are 404.
+    let r = app
+        .send(
+            app.client
+                .post(format!("{origin}/nohub/messages"))
+                .header("Authorization", &good)
+                .body("x"),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let r = app
+        .send(
+            app.client
+                .put(format!("{origin}/secrets/messages?api-version=7.6"))
+                .bearer_auth(&app.token)
+                .json(&json!({"value": "v"})),
+        )
+        .await;
+    r.expect(200);
+}

@@ -118,13 +118,58 @@ type RestResult<T> = Result<T, RestError>;
 
 /// The namespace this request's host names, or None for other hosts.
 pub fn namespace_of(st: &AppState, headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
-    let host = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+    st.hubs.namespace_of_host(&host_of(headers, uri)?)
+}
+
+fn host_of(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
         headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned)
-    })?;
-    st.hubs.namespace_of_host(&host)
+    })
+}
+
+/// First path segments the plain host's other planes own; a hub of the
+/// default namespace with one of these names is reached on its namespace
+/// host only.
+const PLAIN_HOST_RESERVED: &[&str] = &[
+    "api",
+    "console",
+    "deletedsecrets",
+    "healthz",
+    "herald",
+    "jobs",
+    "metrics",
+    "secrets",
+    "topics",
+    "webhooks",
+];
+
+/// Whether a request to a host that names no namespace has the shape of a
+/// data-plane call (`/{hub}/messages`, `.../partitions/{p}/messages`, ...):
+/// those go to the default namespace, as Azure's plain host cannot but a
+/// self-hosted single host wants.
+pub fn is_plain_host_call(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if seg.iter().any(|s| s.is_empty())
+        || PLAIN_HOST_RESERVED
+            .iter()
+            .any(|r| seg[0].eq_ignore_ascii_case(r))
+    {
+        return false;
+    }
+    let post = method == Method::POST;
+    match seg.as_slice() {
+        [_, "messages"] => post,
+        [_, "partitions" | "publishers", _, "messages"] => post,
+        [_, "consumergroups", _, "partitions", _, "messages"] => method == Method::GET,
+        [_, "consumergroups", _, "checkpoints", _] => {
+            method == Method::GET || method == Method::PUT
+        }
+        _ => false,
+    }
 }
 
 /// Finds the hub and checks the SAS token for `right` on `entity` (a path
@@ -137,11 +182,19 @@ async fn authorize(
     entity: &str,
     right: Right,
 ) -> RestResult<(NamespaceRecord, HubRecord)> {
-    let Some(ns) = namespace_of(st, headers, uri) else {
-        return Err(RestError::new(
-            StatusCode::NOT_FOUND,
-            "This host names no event hub namespace.",
-        ));
+    // A namespace host, or the plain host (the default namespace), whose
+    // tokens name the host the caller used.
+    let (ns, plain_host) = match namespace_of(st, headers, uri) {
+        Some(ns) => (ns, None),
+        None => match host_of(headers, uri) {
+            Some(h) => (herald_hubs::DEFAULT_NAMESPACE.to_owned(), Some(h)),
+            None => {
+                return Err(RestError::new(
+                    StatusCode::NOT_FOUND,
+                    "This host names no event hub namespace.",
+                ));
+            }
+        },
     };
     let token = headers
         .get(header::AUTHORIZATION)
@@ -158,7 +211,10 @@ async fn authorize(
     // does (the spec's default), although that tells a caller without a
     // key which names exist.
     let (ns, hub) = st.hubs.hub(&ns, hub).await?;
-    let entity_uri = format!("{}{entity}", st.hubs.hub_uri(&ns, &hub));
+    let entity_uri = match plain_host {
+        Some(h) => format!("https://{h}/{}{entity}", hub.name),
+        None => format!("{}{entity}", st.hubs.hub_uri(&ns, &hub)),
+    };
     st.hubs
         .authorize(&ns, &hub, &token, &entity_uri, right)
         .await?;

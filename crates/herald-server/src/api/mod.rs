@@ -79,7 +79,8 @@ pub fn router(state: AppState) -> Router {
             auth::admin_auth,
         ));
     // A namespace's host (`{ns}.{hub_base}`) serves the hubs data plane
-    // only; every other host serves the rest.
+    // only; every other host serves the rest, and data-plane-shaped calls
+    // for the default namespace.
     let hub_plane = hub_data::router()
         .layer(middleware::from_fn(track))
         .with_state(state.clone());
@@ -98,7 +99,9 @@ pub fn router(state: AppState) -> Router {
             let (main, hub_plane, st) = (main.clone(), hub_plane.clone(), state.clone());
             async move {
                 use tower::ServiceExt;
-                if hub_data::namespace_of(&st, req.headers(), req.uri()).is_some() {
+                if hub_data::namespace_of(&st, req.headers(), req.uri()).is_some()
+                    || hub_data::is_plain_host_call(req.method(), req.uri().path())
+                {
                     hub_plane.oneshot(req).await
                 } else {
                     main.oneshot(req).await
