@@ -343,7 +343,9 @@ pub(crate) async fn run(cmd: HubCmd) -> anyhow::Result<()> {
                         .col("LAST SEQ", |p| output::s(&p["lastEnqueuedSequenceNumber"]))
                         .col("LAST ENQUEUED", |p| output::ts(&p["lastEnqueuedTimeUtc"]))
                         .col("EVENTS IN", |p| output::s(&p["incomingEvents"]))
-                        .col("BYTES IN", |p| output::s(&p["incomingBytes"])),
+                        .col("BYTES IN", |p| output::s(&p["incomingBytes"]))
+                        .col("EVENTS OUT", |p| output::s(&p["outgoingEvents"]))
+                        .col("BYTES OUT", |p| output::s(&p["outgoingBytes"])),
                 );
             }
             Ok(())

@@ -101,6 +101,7 @@ pub(crate) async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 .col("HUB", |x| output::s(&x["name"]))
                 .col("PARTITIONS", |x| output::s(&x["partitions"]))
                 .col("EVENTS IN", |x| output::s(&x["incomingEvents"]))
+                .col("EVENTS OUT", |x| output::s(&x["outgoingEvents"]))
                 .col("CONSUMER LAG", |x| {
                     x["consumerGroups"]
                         .as_array()

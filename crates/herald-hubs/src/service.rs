@@ -142,6 +142,7 @@ pub struct HubService {
     heads: Arc<Mutex<Heads>>,
     /// Partitions whose heads a poller refreshes from storage.
     polled: Arc<Mutex<std::collections::HashSet<(HubId, i64)>>>,
+    outgoing: Arc<Mutex<Outgoing>>,
 }
 
 impl std::fmt::Debug for HubService {
@@ -171,6 +172,7 @@ impl HubService {
             round_robin: Arc::new(RoundRobin::new()),
             heads: Arc::default(),
             polled: Arc::default(),
+            outgoing: Arc::default(),
         }
     }
 
@@ -365,6 +367,8 @@ impl HubService {
 
     /// Each partition's head.
     pub async fn partitions(&self, hub: &HubRecord) -> HubResult<Vec<PartitionRecord>> {
+        // This node's deliveries of the last second count too.
+        self.flush_outgoing().await?;
         Ok(self.storage.partitions(hub.id.as_str()).await?)
     }
 
@@ -1040,16 +1044,76 @@ fn metrics_in(hub: &HubRecord, partition: i64, events: i64, bytes: i64) {
     metrics::counter!("herald_hub_incoming_bytes_total", &labels).increment(bytes as u64);
 }
 
-/// Outgoing events and bytes per hub and partition, counted by the edges
-/// that deliver them (HTTP pull, AMQP receivers).
-pub fn count_outgoing(hub: &HubRecord, partition: i64, events: &[StoredEvent]) {
-    let labels = [
-        ("hub", hub.name.clone()),
-        ("partition", partition.to_string()),
-    ];
-    let bytes: usize = events.iter().map(|e| e.body.len()).sum();
-    metrics::counter!("herald_hub_outgoing_events_total", &labels).increment(events.len() as u64);
-    metrics::counter!("herald_hub_outgoing_bytes_total", &labels).increment(bytes as u64);
+/// Delivered events and bytes per (hub id, partition) not yet added to storage.
+#[derive(Default)]
+struct Outgoing {
+    deltas: HashMap<(String, i64), (i64, i64)>,
+    flushed: Option<std::time::Instant>,
+}
+
+/// How often a node adds what it delivered to the partitions' counts: one
+/// small write a second, not one per read.
+const OUTGOING_FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+impl HubService {
+    /// Counts events an edge delivered (HTTP pull, AMQP receivers): at once
+    /// in `/metrics`, and in the partition's stored counts within a second.
+    pub fn count_outgoing(&self, hub: &HubRecord, partition: i64, events: &[StoredEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let labels = [
+            ("hub", hub.name.clone()),
+            ("partition", partition.to_string()),
+        ];
+        let bytes: usize = events.iter().map(|e| e.body.len()).sum();
+        metrics::counter!("herald_hub_outgoing_events_total", &labels)
+            .increment(events.len() as u64);
+        metrics::counter!("herald_hub_outgoing_bytes_total", &labels).increment(bytes as u64);
+        let due = {
+            let mut o = self.outgoing.lock().unwrap_or_else(|e| e.into_inner());
+            let d = o
+                .deltas
+                .entry((hub.id.as_str().to_owned(), partition))
+                .or_default();
+            d.0 += events.len() as i64;
+            d.1 += bytes as i64;
+            let now = std::time::Instant::now();
+            match o.flushed {
+                Some(t) if now.duration_since(t) < OUTGOING_FLUSH_EVERY => None,
+                _ => {
+                    o.flushed = Some(now);
+                    Some(std::mem::take(&mut o.deltas))
+                }
+            }
+        };
+        if let Some(deltas) = due {
+            let storage = self.storage.clone();
+            tokio::spawn(async move {
+                let deltas: Vec<_> = deltas
+                    .into_iter()
+                    .map(|((h, p), (e, b))| (h, p, e, b))
+                    .collect();
+                if let Err(e) = storage.add_outgoing(deltas).await {
+                    tracing::warn!(error = %e, "outgoing hub counts not stored; they stay in /metrics");
+                }
+            });
+        }
+    }
+
+    /// Adds this node's pending outgoing counts to storage now.
+    async fn flush_outgoing(&self) -> HubResult<()> {
+        let deltas = {
+            let mut o = self.outgoing.lock().unwrap_or_else(|e| e.into_inner());
+            o.flushed = Some(std::time::Instant::now());
+            std::mem::take(&mut o.deltas)
+        };
+        let deltas: Vec<_> = deltas
+            .into_iter()
+            .map(|((h, p), (e, b))| (h, p, e, b))
+            .collect();
+        Ok(self.storage.add_outgoing(deltas).await?)
+    }
 }
 
 /// How often expired events are dropped from the hubs' logs.

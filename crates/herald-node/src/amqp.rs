@@ -408,7 +408,7 @@ impl HubsBackend for HubsAmqp {
             .read(&h, pid, from_sequence, max)
             .await
             .map_err(|e| read_err(namespace_host, hub, e))?;
-        herald_hubs::count_outgoing(&h, pid, &events);
+        self.hubs.count_outgoing(&h, pid, &events);
         Ok(events.into_iter().map(outbound).collect())
     }
 

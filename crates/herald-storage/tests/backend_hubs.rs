@@ -368,6 +368,19 @@ async fn scenario_append_read_prune(s: &dyn Storage) {
         .unwrap()
         .unwrap();
     assert_eq!(e.first_seq, 1);
+
+    // Outgoing counts add up per partition; an unknown hub is ignored.
+    let id = h.id.as_str().to_owned();
+    s.add_outgoing(vec![(id.clone(), 0, 3, 300), (id.clone(), 1, 1, 10)])
+        .await
+        .unwrap();
+    s.add_outgoing(vec![(id, 0, 2, 200), ("ehb_none".into(), 0, 9, 9)])
+        .await
+        .unwrap();
+    s.add_outgoing(Vec::new()).await.unwrap();
+    let heads = s.partitions(h.id.as_str()).await.unwrap();
+    assert_eq!((heads[0].events_out, heads[0].bytes_out), (5, 500));
+    assert_eq!((heads[1].events_out, heads[1].bytes_out), (1, 10));
 }
 
 macro_rules! both_engines {

@@ -668,6 +668,18 @@ async fn a_waiting_pull_wakes_on_send_and_checkpoints_resume() {
         .cloned()
         .expect("the hub in status");
     assert_eq!(hub_status["incomingEvents"], 3);
+    // Delivered: "wake" to the waiting pull, then "two".
+    assert_eq!(hub_status["outgoingEvents"], 2, "{hub_status}");
+    let shown = hubs(
+        &app,
+        Method::GET,
+        "/namespaces/orders-ns/eventhubs/orders",
+        None,
+    )
+    .await;
+    let p0 = shown.expect(200)["partitions"][0].clone();
+    assert_eq!(p0["outgoingEvents"], 2);
+    assert_eq!(p0["outgoingBytes"], 7, "{p0}");
     assert_eq!(
         hub_status["consumerGroups"][0],
         json!({"lag": 1, "name": "$Default"})

@@ -14,9 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use herald_hubs::{
-    HubError, NewEvent, PropertyValue, Right, SendTarget, StoredEvent, count_outgoing, rest,
-};
+use herald_hubs::{HubError, NewEvent, PropertyValue, Right, SendTarget, StoredEvent, rest};
 use herald_storage::{HubRecord, NamespaceRecord};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -450,7 +448,7 @@ async fn pull(
         r = st.hubs.read_wait(&hub, partition, from, q.max.unwrap_or(100), wait) => r?,
         _ = st.shutdown.cancelled() => Vec::new(),
     };
-    count_outgoing(&hub, partition, &events);
+    st.hubs.count_outgoing(&hub, partition, &events);
     let next = events.last().map_or(from, |e| e.sequence_number + 1);
     Ok(Json(PullPage {
         next_sequence_number: next,

@@ -123,6 +123,8 @@ struct PartitionDto {
     last_enqueued_offset: String,
     last_enqueued_sequence_number: i64,
     last_enqueued_time_utc: Option<String>,
+    outgoing_bytes: i64,
+    outgoing_events: i64,
     partition_id: String,
 }
 
@@ -137,6 +139,8 @@ fn partition_dto(p: &PartitionRecord) -> PartitionDto {
         last_enqueued_offset: last.to_string(),
         last_enqueued_sequence_number: last,
         last_enqueued_time_utc: (p.last_enqueued > 0).then(|| iso(p.last_enqueued)),
+        outgoing_bytes: p.bytes_out,
+        outgoing_events: p.events_out,
         partition_id: p.partition.to_string(),
     }
 }

@@ -48,6 +48,7 @@ struct HubSummary {
     incoming_events: i64,
     name: String,
     namespace: String,
+    outgoing_events: i64,
     partitions: i64,
 }
 
@@ -98,13 +99,9 @@ async fn status(State(st): State<AppState>) -> Result<Json<Status>, ApiError> {
     let workers = st.automation.workers().await?;
     let mut hubs = Vec::new();
     for (namespace, hub) in st.hubs.all_hubs().await? {
-        let incoming_events = st
-            .hubs
-            .partitions(&hub)
-            .await?
-            .iter()
-            .map(|p| p.events_in)
-            .sum();
+        let parts = st.hubs.partitions(&hub).await?;
+        let incoming_events = parts.iter().map(|p| p.events_in).sum();
+        let outgoing_events = parts.iter().map(|p| p.events_out).sum();
         let consumer_groups = st
             .hubs
             .consumer_lag(&hub)
@@ -117,6 +114,7 @@ async fn status(State(st): State<AppState>) -> Result<Json<Status>, ApiError> {
             incoming_events,
             name: hub.name.clone(),
             namespace,
+            outgoing_events,
             partitions: hub.partition_count,
         });
     }

@@ -49,6 +49,9 @@ pub struct PartitionRecord {
     pub last_enqueued: i64,
     pub events_in: i64,
     pub bytes_in: i64,
+    /// Delivered by the edges (all nodes), flushed about once a second.
+    pub events_out: i64,
+    pub bytes_out: i64,
 }
 
 impl PartitionRecord {
@@ -181,6 +184,8 @@ pub trait HubStore: Send + Sync {
     /// Appends one segment, durably; `None` if the partition does not exist.
     async fn append_segment(&self, segment: NewSegment, stamp: Stamp) -> Result<Option<Appended>>;
     async fn partitions(&self, hub_id: &str) -> Result<Vec<PartitionRecord>>;
+    /// Adds delivered (hub id, partition, events, bytes) to the partitions' outgoing counts.
+    async fn add_outgoing(&self, deltas: Vec<(String, i64, i64, i64)>) -> Result<()>;
     /// Segments holding sequence numbers from `from_seq` on, in order,
     /// until they hold at least `max_events` of them.
     async fn read_segments(

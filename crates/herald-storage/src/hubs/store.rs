@@ -11,7 +11,7 @@ pub(crate) const HUB_COLS: &str =
 pub(crate) const POLICY_COLS: &str = "namespace_id, hub_id, key, name, rights, primary_key, \
      secondary_key, created, updated";
 pub(crate) const PARTITION_COLS: &str =
-    "partition, begin_seq, next_seq, last_enqueued, events_in, bytes_in";
+    "partition, begin_seq, next_seq, last_enqueued, events_in, bytes_in, events_out, bytes_out";
 pub(crate) const SEGMENT_COLS: &str = "first_seq, count, bytes, enqueued, payload";
 
 /// Implements [`HubStore`](crate::HubStore) for an engine.
@@ -451,6 +451,30 @@ macro_rules! hub_store {
                     .bind(hub_id)
                     .fetch_all(self.reader())
                     .await?)
+                }
+
+                async fn add_outgoing(&self, deltas: Vec<(String, i64, i64, i64)>) -> Result<()> {
+                    if deltas.is_empty() {
+                        return Ok(());
+                    }
+                    self.write(move |tx| -> BoxFuture<'_, Result<_>> {
+                        Box::pin(async move {
+                            for (hub_id, partition, events, bytes) in &deltas {
+                                sqlx::query(
+                                    "UPDATE hub_partitions SET events_out = events_out + $3, \
+                                     bytes_out = bytes_out + $4 WHERE hub_id = $1 AND partition = $2",
+                                )
+                                .bind(hub_id)
+                                .bind(partition)
+                                .bind(events)
+                                .bind(bytes)
+                                .execute(&mut *tx)
+                                .await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .await
                 }
 
                 async fn read_segments(
