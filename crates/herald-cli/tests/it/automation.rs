@@ -2785,8 +2785,11 @@ async fn max_concurrent_jobs_one_runs_them_one_at_a_time() {
         assert_eq!(output(&app, id).await, "done\n");
     }
     spans.sort();
+    // The two stamps are taken in different places (the finishing worker,
+    // the activating one), so allow a few ms between them; the poll above
+    // already saw at most one active. CI once saw a 1 ms inversion on PostgreSQL.
     assert!(
-        spans.windows(2).all(|w| w[0].1 <= w[1].0),
+        spans.windows(2).all(|w| w[0].1 <= w[1].0 + 5),
         "overlapping runs: {spans:?}"
     );
 }
