@@ -10,11 +10,13 @@ mod automation;
 pub mod copy;
 mod engine;
 mod hubs;
+mod identity;
 mod router;
 mod vault;
 
 pub use automation::*;
 pub use hubs::*;
+pub use identity::*;
 pub use router::*;
 pub use vault::*;
 
@@ -86,7 +88,15 @@ pub trait Coordination: Send + Sync {
 
 /// A storage engine: every domain's store, behind one object.
 pub trait Storage:
-    VaultStore + RouterStore + AutomationStore + HubStore + Coordination + Send + Sync + 'static
+    VaultStore
+    + RouterStore
+    + AutomationStore
+    + HubStore
+    + IdentityStore
+    + Coordination
+    + Send
+    + Sync
+    + 'static
 {
     /// Short engine name for logs and `herald status`.
     fn engine(&self) -> &'static str;

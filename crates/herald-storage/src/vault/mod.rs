@@ -3,7 +3,7 @@
 
 pub(crate) mod store;
 
-use crate::{LoggedEvent, Result, TokenRecord, TopicRecord};
+use crate::{AccessPolicyRecord, LoggedEvent, Result, TokenRecord, TopicRecord};
 use async_trait::async_trait;
 use herald_core::EventGridEvent;
 pub use herald_core::id::VaultId;
@@ -103,6 +103,24 @@ pub trait VaultStore: Send + Sync {
     async fn list_vaults(&self) -> Result<Vec<VaultRecord>>;
     async fn delete_vault(&self, name: &str) -> Result<bool>;
     async fn topic_for_vault(&self, vault_id: &str) -> Result<Option<TopicRecord>>;
+
+    // Access policies
+    async fn access_policies(&self, vault_id: &str) -> Result<Vec<AccessPolicyRecord>>;
+    /// Adds or replaces the principal's policy and logs `event` with it.
+    async fn set_access_policy(
+        &self,
+        vault_id: &str,
+        policy: &AccessPolicyRecord,
+        event: &EventGridEvent,
+    ) -> Result<()>;
+    /// Removes the principal's policy and logs `event`; `false` (and no
+    /// event) if it had none.
+    async fn delete_access_policy(
+        &self,
+        vault_id: &str,
+        object_id: &str,
+        event: &EventGridEvent,
+    ) -> Result<bool>;
 
     // Secrets
     /// Adds a version (creating the secret if new) and logs `event`.

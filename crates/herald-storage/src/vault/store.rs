@@ -434,6 +434,72 @@ macro_rules! vault_store {
                     .next())
                 }
 
+                async fn access_policies(&self, vault_id: &str) -> Result<Vec<AccessPolicyRecord>> {
+                    Ok(sqlx::query_as(
+                        "SELECT object_id, app_id, secrets, updated FROM vault_access_policies \
+                         WHERE vault_id = $1 ORDER BY app_id",
+                    )
+                    .bind(vault_id)
+                    .fetch_all(self.reader())
+                    .await?)
+                }
+
+                async fn set_access_policy(
+                    &self,
+                    vault_id: &str,
+                    p: &AccessPolicyRecord,
+                    event: &EventGridEvent,
+                ) -> Result<()> {
+                    let (vault_id, p, event) = (vault_id.to_owned(), p.clone(), event.clone());
+                    self.write(move |tx| -> BoxFuture<'_, Result<_>> {
+                        Box::pin(async move {
+                            sqlx::query(
+                                "INSERT INTO vault_access_policies (vault_id, object_id, app_id, \
+                                 secrets, updated) VALUES ($1, $2, $3, $4, $5) \
+                                 ON CONFLICT (vault_id, object_id) DO UPDATE SET \
+                                 secrets = excluded.secrets, updated = excluded.updated",
+                            )
+                            .bind(&vault_id)
+                            .bind(&p.object_id)
+                            .bind(&p.app_id)
+                            .bind(&p.secrets)
+                            .bind(p.updated)
+                            .execute(&mut *tx)
+                            .await?;
+                            log_vault_event(tx, &vault_id, &event).await
+                        })
+                    })
+                    .await
+                }
+
+                async fn delete_access_policy(
+                    &self,
+                    vault_id: &str,
+                    object_id: &str,
+                    event: &EventGridEvent,
+                ) -> Result<bool> {
+                    let (vault_id, object_id, event) =
+                        (vault_id.to_owned(), object_id.to_owned(), event.clone());
+                    self.write(move |tx| -> BoxFuture<'_, Result<_>> {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "DELETE FROM vault_access_policies \
+                                 WHERE vault_id = $1 AND object_id = $2",
+                            )
+                            .bind(&vault_id)
+                            .bind(&object_id)
+                            .execute(&mut *tx)
+                            .await?;
+                            if done.rows_affected() == 0 {
+                                return Ok(false);
+                            }
+                            log_vault_event(tx, &vault_id, &event).await?;
+                            Ok(true)
+                        })
+                    })
+                    .await
+                }
+
                 async fn put_version(
                     &self,
                     vault_id: &str,

@@ -8,6 +8,7 @@
 
 mod automation;
 mod hubs;
+mod identity;
 mod router;
 mod vault;
 

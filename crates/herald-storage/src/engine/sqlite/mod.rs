@@ -6,6 +6,7 @@
 
 mod automation;
 mod hubs;
+mod identity;
 mod router;
 mod vault;
 mod writer;
