@@ -126,6 +126,34 @@ pub fn secret_event(
     }
 }
 
+/// `Microsoft.KeyVault.VaultAccessPolicyChanged`: a vault's access policies
+/// changed. The data names the vault itself (`ObjectType` `Vault`).
+pub fn vault_access_policy_event(
+    scope: &ArmScope,
+    vault: &str,
+    vault_url: &str,
+    at: DateTime<Utc>,
+) -> EventGridEvent {
+    EventGridEvent {
+        id: uuid::Uuid::new_v4().to_string(),
+        topic: scope.vault_topic(vault),
+        subject: vault.to_owned(),
+        event_type: "Microsoft.KeyVault.VaultAccessPolicyChanged".into(),
+        event_time: event_time(at),
+        data: json!({
+            "Id": vault_url,
+            "VaultName": vault,
+            "ObjectType": "Vault",
+            "ObjectName": vault,
+            "Version": null,
+            "NBF": null,
+            "EXP": null,
+        }),
+        data_version: "1".into(),
+        metadata_version: "1".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
