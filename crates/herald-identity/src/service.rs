@@ -93,12 +93,15 @@ pub struct IdentityService {
     inner: Arc<Inner>,
 }
 
+/// A vault's policies and when they were read.
+type CachedPolicies = (Arc<Vec<AccessPolicy>>, Instant);
+
 struct Inner {
     storage: Arc<dyn Storage>,
     signer: Signer,
     cfg: IdentityConfig,
     verified: RwLock<HashMap<[u8; 32], (Claims, Instant)>>,
-    policies: RwLock<HashMap<String, (Arc<Vec<AccessPolicy>>, Instant)>>,
+    policies: RwLock<HashMap<String, CachedPolicies>>,
 }
 
 fn now() -> i64 {
@@ -216,7 +219,7 @@ impl IdentityService {
     }
 
     /// Deletes a principal with its secrets and access policies. Its
-    /// tokens stop working within the verification cache's 30 seconds.
+    /// tokens stop working at once on this node, within 30 seconds on others.
     pub async fn delete_principal(&self, app_id: &str) -> Result<(), IdentityError> {
         let p = self.principal(app_id).await?;
         if p.builtin {
@@ -229,6 +232,10 @@ impl IdentityService {
             return Err(not_found(app_id));
         }
         self.forget_policies();
+        // Its tokens stop here at once; other nodes notice within VERIFIED_TTL.
+        if let Ok(mut map) = self.inner.verified.write() {
+            map.clear();
+        }
         tracing::info!(app_id, "principal deleted");
         Ok(())
     }

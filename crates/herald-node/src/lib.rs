@@ -81,9 +81,16 @@ impl Node {
         };
         check_master_key(&*storage, &master).await?;
 
-        let tenant_id = storage
-            .init_setting("tenant_id", &uuid::Uuid::new_v4().to_string())
-            .await?;
+        // The tenant is named in config, or generated once and kept in
+        // storage so every node of an installation issues for the same one.
+        let tenant_id = match &config.tenant_id {
+            Some(t) => t.clone(),
+            None => {
+                storage
+                    .init_setting("tenant_id", &uuid::Uuid::new_v4().to_string())
+                    .await?
+            }
+        };
 
         let generated_admin_token = match &config.admin_token {
             Some(t) => {
@@ -169,6 +176,21 @@ impl Node {
         let master_for_automation = master.clone();
         let public_url_for_automation = delivery_public_url.clone();
         let hubs = herald_hubs::HubService::new(storage.clone(), master.clone(), &config.hub_base);
+        let identity = herald_identity::IdentityService::open(
+            storage.clone(),
+            &master,
+            herald_identity::IdentityConfig {
+                tenant: tenant_id.clone(),
+                token_lifetime_secs: config.token_lifetime_secs,
+                hosts: herald_identity::ResourceHosts {
+                    vault_base: config.vault_base.clone(),
+                    hub_base: config.hub_base.clone(),
+                },
+                scope: scope.clone(),
+            },
+        )
+        .await
+        .context("opening the identity service")?;
         let vault = VaultService::new(storage.clone(), master, scope, urls.clone());
         let delivery = delivery.with_secret_resolver(Arc::new(VaultResolver(vault.clone())));
         vault
@@ -220,6 +242,7 @@ impl Node {
             metrics: herald_server::metrics_setup::handle(),
             automation,
             hubs,
+            identity,
             sandbox,
             shutdown: CancellationToken::new(),
         };

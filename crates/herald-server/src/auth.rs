@@ -46,9 +46,21 @@ impl TokenCache {
     }
 }
 
-/// Who made the request.
+/// Who made the request: the one value every authorization rule reads.
 #[derive(Debug, Clone)]
-pub struct Caller(pub TokenRecord);
+pub enum Caller {
+    /// A static API token (the admin token).
+    Token(TokenRecord),
+    /// A principal, with a token from Herald's token endpoint.
+    Principal(herald_identity::Claims),
+    /// A running job, with its job token.
+    Job(herald_automation::service::JobPrincipal),
+}
+
+/// A bearer value shaped like a JWT (`header.payload.signature`).
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.bytes().filter(|b| *b == b'.').count() == 2
+}
 
 fn bearer(req: &Request) -> Option<&str> {
     let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -104,41 +116,97 @@ pub async fn vault_auth(
         e.challenge = Some(challenge());
         return Err(e);
     };
+    let refuse = |message: String| {
+        let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message);
+        e.challenge = Some(challenge());
+        e
+    };
+    if looks_like_jwt(&token) {
+        return match state
+            .identity
+            .verify(&token, herald_identity::Audience::KeyVault)
+            .await
+        {
+            Ok(claims) => {
+                req.extensions_mut().insert(Caller::Principal(claims));
+                Ok(next.run(req).await)
+            }
+            Err(herald_identity::VerifyError::Token(e)) => Err(refuse(format!("AKV10022: {e}."))),
+            Err(herald_identity::VerifyError::Storage(e)) => {
+                Err(ApiError::internal("verifying a token", e))
+            }
+        };
+    }
     match authenticate(&state, &token).await? {
         Some(rec) => {
-            req.extensions_mut().insert(Caller(rec));
+            req.extensions_mut().insert(Caller::Token(rec));
             Ok(next.run(req).await)
         }
         None if token.starts_with("hjt_") => {
             let Some(job) = state.automation.principal(&token).await? else {
-                let mut e = ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    "AKV10022: The job token has expired or its job has ended.",
-                );
-                e.challenge = Some(challenge());
-                return Err(e);
+                return Err(refuse(
+                    "AKV10022: The job token has expired or its job has ended.".into(),
+                ));
             };
             let job_id = job.job_id.clone();
-            req.extensions_mut().insert(JobCaller(job));
+            req.extensions_mut().insert(Caller::Job(job));
             let resp = next.run(req).await;
             Ok(mask_for_job(&state, &job_id, resp).await)
         }
-        None => {
-            let mut e = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "AKV10022: The bearer token is not valid for this Herald server.",
-            );
-            e.challenge = Some(challenge());
-            Err(e)
-        }
+        None => Err(refuse(
+            "AKV10022: The bearer token is not valid for this Herald server.".into(),
+        )),
     }
 }
 
-/// A running job calling with its job token.
-#[derive(Debug, Clone)]
-pub struct JobCaller(pub herald_automation::service::JobPrincipal);
+/// The one authorization rule of the vault data plane: may `caller` use
+/// `need` on `vault`'s secrets? Admin tokens may do anything; principals
+/// need the permission in the vault's access policy; jobs need it among
+/// their runbook's declared permissions.
+pub async fn authorize_secret(
+    state: &AppState,
+    caller: &Caller,
+    vault: &herald_storage::VaultRecord,
+    need: herald_identity::SecretPermission,
+) -> Result<(), ApiError> {
+    use herald_identity::SecretPermission as P;
+    let forbidden = |message: String| {
+        ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message).with_inner("AccessDenied")
+    };
+    match caller {
+        Caller::Token(rec) if rec.role == "admin" => Ok(()),
+        Caller::Token(_) => Err(forbidden(
+            "This token may not use the vault data plane; use an admin token or a principal's token.".into(),
+        )),
+        Caller::Principal(claims) => {
+            let granted = state.identity.secret_permissions(vault, &claims.oid).await?;
+            if granted.contains(need) {
+                return Ok(());
+            }
+            Err(forbidden(format!(
+                "The user, group or application 'appid={};oid={};iss={}' does not have secrets {need} permission on key vault '{};location=local'. Grant it with: herald vault set-policy {} --spn {} --secret-permissions {need}",
+                claims.appid, claims.oid, claims.iss, vault.name, vault.name, claims.appid
+            )))
+        }
+        Caller::Job(job) => {
+            // Runbooks declare get, list, set, delete, or manage for the rest.
+            let action = match need {
+                P::Get => "get",
+                P::List => "list",
+                P::Set => "set",
+                P::Delete => "delete",
+                P::Recover | P::Backup | P::Restore | P::Purge => "manage",
+            };
+            if job.permissions.iter().any(|p| p.allows(&vault.name, action)) {
+                return Ok(());
+            }
+            Err(forbidden(format!(
+                "Runbook '{}' may not {action} secrets in vault '{}'. Grant it with permissions: [{{\"vault\": \"{}\", \"actions\": [\"{action}\"]}}].",
+                job.runbook, vault.name, vault.name
+            )))
+        }
+    }
+}
 
 /// Secret values a job reads or writes are masked in its streams from then
 /// on, so a runbook that echoes them cannot leak them into job output.
@@ -180,9 +248,31 @@ pub async fn admin_auth(
             "Missing bearer token. Send 'Authorization: Bearer <admin token>' (the CLI reads HERALD_TOKEN).",
         ));
     };
+    if looks_like_jwt(&token) {
+        // Principals have no management rights (Herald has no RBAC): a
+        // valid management token is refused as forbidden, anything else as
+        // unauthenticated.
+        return match state
+            .identity
+            .verify(&token, herald_identity::Audience::Management)
+            .await
+        {
+            Ok(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "Principals may not use the management API; use an admin token.",
+            )),
+            Err(herald_identity::VerifyError::Token(e)) => Err(unauthorized(&format!(
+                "The bearer token is not valid here: {e}."
+            ))),
+            Err(herald_identity::VerifyError::Storage(e)) => {
+                Err(ApiError::internal("verifying a token", e))
+            }
+        };
+    }
     match authenticate(&state, &token).await? {
         Some(rec) if rec.role == "admin" => {
-            req.extensions_mut().insert(Caller(rec));
+            req.extensions_mut().insert(Caller::Token(rec));
             Ok(next.run(req).await)
         }
         Some(_) => Err(ApiError::new(
@@ -190,6 +280,15 @@ pub async fn admin_auth(
             "Forbidden",
             "This token may not use the management API; use an admin token.",
         )),
+        None if token.starts_with("hjt_")
+            && state.automation.principal(&token).await?.is_some() =>
+        {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "Job tokens may not use the management API.",
+            ))
+        }
         None => Err(unauthorized(
             "The bearer token is not valid for this Herald server. Check HERALD_TOKEN.",
         )),

@@ -70,6 +70,11 @@ pub struct Config {
     /// The `herald` binary runbooks call (for `herald secret set`, `herald asset get`);
     /// default: this executable.
     pub herald_bin: Option<PathBuf>,
+    /// The tenant tokens are issued in (a GUID or a domain-like name);
+    /// default: a GUID generated at first start and kept in storage.
+    pub tenant_id: Option<String>,
+    /// Lifetime of access tokens from the token endpoint, in seconds.
+    pub token_lifetime_secs: i64,
 }
 
 impl Default for Config {
@@ -105,6 +110,9 @@ impl Default for Config {
             // The longest eventTimeToLive a subscription may have (P7D).
             event_retention_hours: 168,
             herald_bin: None,
+            tenant_id: None,
+            // Entra ID's default lifetime for app tokens is about an hour.
+            token_lifetime_secs: 3600,
         }
     }
 }
@@ -247,6 +255,20 @@ impl Config {
             && t.len() < 16
         {
             return bad("admin_token (HERALD_ADMIN_TOKEN) must be at least 16 characters".into());
+        }
+        if !(1..=86_400).contains(&self.token_lifetime_secs) {
+            return bad("token_lifetime_secs must be 1..86400".into());
+        }
+        if let Some(t) = &self.tenant_id
+            && (t.is_empty()
+                || t.len() > 64
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+        {
+            return bad(format!(
+                "tenant_id '{t}' must be a GUID or a name of letters, digits, '-' and '.'"
+            ));
         }
         if let Some(db) = &self.database
             && !["sqlite://", "postgres://", "postgresql://"]

@@ -284,3 +284,17 @@ impl<S: Send + Sync> FromRequest<S> for AzBytes {
             .map_err(body_rejection)
     }
 }
+
+impl From<herald_identity::IdentityError> for ApiError {
+    fn from(e: herald_identity::IdentityError) -> Self {
+        use herald_identity::IdentityError as I;
+        let msg = e.to_string();
+        match e {
+            I::NotFound(_) => Self::not_found("NotFound", msg),
+            I::Invalid(_) => Self::new(StatusCode::BAD_REQUEST, "BadRequest", msg),
+            I::Conflict(_) => Self::new(StatusCode::CONFLICT, "Conflict", msg),
+            I::Storage(cause) => Self::internal("serving an identity request", cause),
+            I::Internal(cause) => Self::internal("serving an identity request", cause),
+        }
+    }
+}

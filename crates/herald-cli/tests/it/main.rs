@@ -12,6 +12,7 @@ mod durability;
 mod helpers;
 mod hub_crash;
 mod hubs;
+mod identity;
 mod lifecycle;
 mod multinode;
 mod push_crash;

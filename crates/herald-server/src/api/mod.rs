@@ -5,6 +5,8 @@ pub mod event_subscriptions;
 pub mod events;
 pub mod hub_data;
 pub mod hubs;
+pub mod identity;
+pub mod principals;
 pub mod secrets;
 pub mod status;
 pub mod system;
@@ -74,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1/automation", automation::router())
         .nest("/api/v1/status", status::router())
         .nest("/api/v1/hubs", hubs::router())
+        .nest("/api/v1/principals", principals::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::admin_auth,
@@ -86,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.clone());
     let main = Router::new()
         .merge(system::router())
+        .merge(identity::router())
         .merge(management)
         .merge(events::router())
         .merge(webhooks::router())

@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_core::SecretName;
+use herald_identity::SecretPermission;
 use herald_storage::{SecretRecord, VaultRecord, VersionRecord};
 use herald_vault::{DEFAULT_VAULT, NewSecret, SecretUpdate};
 use serde::{Deserialize, Serialize};
@@ -79,21 +80,6 @@ impl FromRequestParts<AppState> for VaultCtx {
                 format!("No vault is served at host '{authority}'."),
             )
         })?;
-        if let Some(crate::auth::JobCaller(job)) = parts.extensions.get::<crate::auth::JobCaller>()
-        {
-            let action = job_action(&parts.method, parts.uri.path());
-            if !job.permissions.iter().any(|p| p.allows(&name, action)) {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::FORBIDDEN,
-                    "Forbidden",
-                    format!(
-                        "Runbook '{}' may not {action} secrets in vault '{name}'. Grant it with permissions: [{{\"vault\": \"{name}\", \"actions\": [\"{action}\"]}}].",
-                        job.runbook
-                    ),
-                )
-                .with_inner("AccessDenied"));
-            }
-        }
         let vault = match state.vaults.get(&name) {
             Some(v) => v,
             None => {
@@ -108,6 +94,17 @@ impl FromRequestParts<AppState> for VaultCtx {
                 v
             }
         };
+        let caller = parts
+            .extensions
+            .get::<crate::auth::Caller>()
+            .ok_or_else(|| {
+                ApiError::internal(
+                    "authorizing a vault call",
+                    "no caller on an authenticated route",
+                )
+            })?;
+        let need = secret_permission(&parts.method, parts.uri.path());
+        crate::auth::authorize_secret(state, caller, &vault, need).await?;
         Ok(Self {
             vault,
             authority,
@@ -117,18 +114,25 @@ impl FromRequestParts<AppState> for VaultCtx {
     }
 }
 
-/// The permission a job token needs for a Key Vault call.
-fn job_action(method: &axum::http::Method, path: &str) -> &'static str {
+/// The secret permission a Key Vault call needs, as Key Vault documents
+/// each operation (getting or listing deleted secrets needs `list`).
+fn secret_permission(method: &axum::http::Method, path: &str) -> SecretPermission {
     use axum::http::Method;
     let trimmed = path.trim_end_matches('/');
+    let deleted = trimmed.starts_with("/deletedsecrets");
     match *method {
-        Method::GET if trimmed == "/secrets" || trimmed.ends_with("/versions") => "list",
-        Method::GET if trimmed.starts_with("/deletedsecrets") => "manage",
-        Method::GET => "get",
-        Method::PUT | Method::PATCH => "set",
-        Method::DELETE if trimmed.starts_with("/deletedsecrets") => "manage",
-        Method::DELETE => "delete",
-        _ => "manage",
+        Method::GET if deleted || trimmed == "/secrets" || trimmed.ends_with("/versions") => {
+            SecretPermission::List
+        }
+        Method::GET => SecretPermission::Get,
+        Method::PUT | Method::PATCH => SecretPermission::Set,
+        Method::DELETE if deleted => SecretPermission::Purge,
+        Method::DELETE => SecretPermission::Delete,
+        Method::POST if trimmed.ends_with("/recover") => SecretPermission::Recover,
+        Method::POST if trimmed.ends_with("/backup") => SecretPermission::Backup,
+        Method::POST => SecretPermission::Restore,
+        // Other methods end in 405; ask for the most guarded permission.
+        _ => SecretPermission::Purge,
     }
 }
 

@@ -18,6 +18,84 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(list).post(create))
         .route("/{name}", get(show).delete(delete))
+        .route("/{name}/accessPolicies", get(list_policies))
+        .route(
+            "/{name}/accessPolicies/{principal}",
+            axum::routing::put(set_policy).delete(delete_policy),
+        )
+}
+
+/// One access policy as Key Vault's ARM API writes it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPolicyDto {
+    tenant_id: String,
+    object_id: String,
+    application_id: String,
+    permissions: PermissionsDto,
+    updated_at: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionsDto {
+    secrets: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPolicy {
+    permissions: PermissionsDto,
+}
+
+fn policy_dto(st: &AppState, p: &herald_identity::AccessPolicy) -> AccessPolicyDto {
+    AccessPolicyDto {
+        tenant_id: st.identity.tenant().to_owned(),
+        object_id: p.object_id.clone(),
+        application_id: p.app_id.clone(),
+        permissions: PermissionsDto {
+            secrets: p.secrets.names().into_iter().map(str::to_owned).collect(),
+        },
+        updated_at: Utc
+            .timestamp_opt(p.updated, 0)
+            .single()
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default(),
+    }
+}
+
+async fn list_policies(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<super::List<AccessPolicyDto>>, ApiError> {
+    let v = st.vault.vault(&name).await?;
+    let policies = st.identity.policies(&v).await?;
+    Ok(Json(policies.iter().map(|p| policy_dto(&st, p)).collect()))
+}
+
+/// `az keyvault set-policy`: the principal (app id or object id) gets
+/// exactly these secret permissions on the vault.
+async fn set_policy(
+    State(st): State<AppState>,
+    Path((name, principal)): Path<(String, String)>,
+    AzJson(body): AzJson<SetPolicy>,
+) -> Result<Json<AccessPolicyDto>, ApiError> {
+    let v = st.vault.vault(&name).await?;
+    let perms = herald_identity::SecretPermissions::parse(&body.permissions.secrets)
+        .map_err(ApiError::bad_parameter)?;
+    let url = st.vault.urls().vault_uri(&v.name);
+    let p = st.identity.set_policy(&v, &url, &principal, perms).await?;
+    Ok(Json(policy_dto(&st, &p)))
+}
+
+async fn delete_policy(
+    State(st): State<AppState>,
+    Path((name, principal)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let v = st.vault.vault(&name).await?;
+    let url = st.vault.urls().vault_uri(&v.name);
+    st.identity.delete_policy(&v, &url, &principal).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
