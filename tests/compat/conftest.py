@@ -199,12 +199,12 @@ def _wait_healthy(herald: Herald) -> None:
 
 
 def start_herald(data_dir: Path, log_path: Path, *, port: Optional[int] = None,
-                 admin_token: Optional[str] = None) -> Herald:
+                 admin_token: Optional[str] = None, env: Optional[dict] = None) -> Herald:
     """Run `herald serve` on a loopback port and wait until GET /healthz answers 200 over verified TLS."""
     binary = _resolve_bin()
     port = port or _free_loopback_port()
     admin_token = admin_token or "hrd_test_" + secrets.token_hex(16)
-    env = dict(os.environ, HERALD_ADMIN_TOKEN=admin_token)
+    env = dict(os.environ, HERALD_ADMIN_TOKEN=admin_token, **(env or {}))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [str(binary), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", "--amqp-listen", "127.0.0.1:0"],

@@ -7,6 +7,7 @@ mod events;
 mod hub;
 mod migrate;
 mod output;
+mod principal;
 mod quickstart;
 mod secret;
 mod serve;
@@ -56,6 +57,9 @@ Config file (TOML, --config or ./herald.toml) keys are the flag names with under
     /// Manage vaults (create, list, show, delete).
     #[command(subcommand)]
     Vault(vault::VaultCmd),
+    /// Principals (applications) and their client secrets, for azure-identity.
+    #[command(subcommand)]
+    Principal(principal::PrincipalCmd),
     /// Read and write secrets in a vault.
     #[command(subcommand)]
     Secret(secret::SecretCmd),
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
             Command::Login(args) => status::login(args).await,
             Command::Vault(cmd) => vault::run(cmd).await,
             Command::Secret(cmd) => secret::run(cmd).await,
+            Command::Principal(cmd) => principal::run(cmd).await,
             Command::Topic(cmd) => topic::run_topic(cmd).await,
             Command::Subscription(cmd) => topic::run_subscription(cmd).await,
             Command::Events(cmd) => events::run(cmd).await,
