@@ -30,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 pub(crate) enum Scenario {
     /// GET of the latest version of one secret
     SecretGet,
+    /// The same GET with a principal's access token (ES256 JWT from the
+    /// token endpoint, `get` access policy) instead of the admin token
+    SecretGetToken,
     /// Durable SET (new version) of secrets
     SecretSet,
     /// Durable publish of 100 x 1 KB event batches, with 1, 10 and 100 matching subscriptions
@@ -245,6 +248,24 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 )
                 .await?;
                 measure(&target, &args, "secret-get", |_| {
+                    (
+                        Method::GET,
+                        "/secrets/bench/?api-version=7.6".into(),
+                        Bytes::new(),
+                    )
+                })
+                .await?
+            }
+            Scenario::SecretGetToken => {
+                one_request(
+                    &target,
+                    Method::PUT,
+                    "/secrets/bench?api-version=7.6",
+                    r#"{"value":"benchmark-value"}"#,
+                )
+                .await?;
+                let token: Arc<str> = principal_token(&target).await?.into();
+                measure_as(&target, &args, "secret-get-token", token, |_| {
                     (
                         Method::GET,
                         "/secrets/bench/?api-version=7.6".into(),
@@ -491,6 +512,16 @@ pub(crate) fn request(
     path: &str,
     body: Bytes,
 ) -> anyhow::Result<Request<Full<Bytes>>> {
+    request_as(t, method, path, body, TOKEN)
+}
+
+fn request_as(
+    t: &Target,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    token: &str,
+) -> anyhow::Result<Request<Full<Bytes>>> {
     Ok(Request::builder()
         .method(method)
         .uri(path)
@@ -498,7 +529,7 @@ pub(crate) fn request(
             http::header::HOST,
             format!("{}:{}", t.host, t.addrs[0].port()),
         )
-        .header(http::header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))?)
 }
@@ -526,10 +557,77 @@ async fn one_request(
     Ok(())
 }
 
+/// A principal with a `get` policy on the default vault, and its token.
+async fn principal_token(t: &Target) -> anyhow::Result<String> {
+    let json = |(status, body): (http::StatusCode, Bytes)| -> anyhow::Result<serde_json::Value> {
+        anyhow::ensure!(status.is_success(), "setup request failed: {status}");
+        Ok(serde_json::from_slice(&body)?)
+    };
+    let p = json(
+        call(
+            t,
+            Method::POST,
+            "/api/v1/principals",
+            Bytes::from_static(br#"{"displayName":"bench"}"#),
+        )
+        .await?,
+    )?;
+    let app = p["appId"].as_str().unwrap_or_default().to_owned();
+    let tenant = p["tenantId"].as_str().unwrap_or_default().to_owned();
+    let s = json(
+        call(
+            t,
+            Method::POST,
+            &format!("/api/v1/principals/{app}/secrets"),
+            Bytes::new(),
+        )
+        .await?,
+    )?;
+    let secret = s["secretText"].as_str().unwrap_or_default().to_owned();
+    json(
+        call(
+            t,
+            Method::PUT,
+            &format!("/api/v1/vaults/default/accessPolicies/{app}"),
+            Bytes::from_static(br#"{"permissions":{"secrets":["get"]}}"#),
+        )
+        .await?,
+    )?;
+    let form: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("client_id", &app)
+        .append_pair("client_secret", &secret)
+        .append_pair("scope", "https://vault.azure.net/.default")
+        .finish();
+    let tok = json(
+        call(
+            t,
+            Method::POST,
+            &format!("/{tenant}/oauth2/v2.0/token"),
+            Bytes::from(form),
+        )
+        .await?,
+    )?;
+    Ok(tok["access_token"].as_str().unwrap_or_default().to_owned())
+}
+
 async fn measure<F>(
     t: &Arc<Target>,
     args: &BenchArgs,
     label: &str,
+    make: F,
+) -> anyhow::Result<Vec<f64>>
+where
+    F: Fn(u64) -> (Method, String, Bytes) + Send + Sync + 'static + Clone,
+{
+    measure_as(t, args, label, TOKEN.into(), make).await
+}
+
+async fn measure_as<F>(
+    t: &Arc<Target>,
+    args: &BenchArgs,
+    label: &str,
+    token: Arc<str>,
     make: F,
 ) -> anyhow::Result<Vec<f64>>
 where
@@ -547,13 +645,14 @@ where
             let done = done.clone();
             let failed = failed.clone();
             let make = make.clone();
+            let token = token.clone();
             tasks.push(tokio::spawn(async move {
                 let mut s = connect(&t).await?;
                 let mut i = c as u64 * 1_000_003;
                 while Instant::now() < deadline {
                     let (m, p, b) = make(i);
                     i += 1;
-                    let resp = s.send_request(request(&t, m, &p, b)?).await?;
+                    let resp = s.send_request(request_as(&t, m, &p, b, &token)?).await?;
                     let ok = resp.status().is_success();
                     // Drain the body so the connection can be reused.
                     let _ = resp.into_body().collect().await;

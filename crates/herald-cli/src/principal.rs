@@ -177,7 +177,11 @@ pub(crate) async fn run(cmd: PrincipalCmd) -> anyhow::Result<()> {
         }
         PrincipalCmd::Delete { app_id, conn } => {
             Client::new(&conn)?
-                .api(Method::DELETE, &format!("/api/v1/principals/{app_id}"), None)
+                .api(
+                    Method::DELETE,
+                    &format!("/api/v1/principals/{app_id}"),
+                    None,
+                )
                 .await?;
             if !conn.json {
                 println!("Deleted principal {app_id}.");
@@ -202,7 +206,11 @@ pub(crate) async fn run(cmd: PrincipalCmd) -> anyhow::Result<()> {
         }
         PrincipalCmd::Secret(SecretCmd::List { app_id, conn }) => {
             let v = Client::new(&conn)?
-                .api(Method::GET, &format!("/api/v1/principals/{app_id}/secrets"), None)
+                .api(
+                    Method::GET,
+                    &format!("/api/v1/principals/{app_id}/secrets"),
+                    None,
+                )
                 .await?;
             let list = v["value"].as_array().cloned().unwrap_or_default();
             print_secrets(&conn, &v, &list);

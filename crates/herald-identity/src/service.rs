@@ -100,7 +100,7 @@ struct Inner {
     storage: Arc<dyn Storage>,
     signer: Signer,
     cfg: IdentityConfig,
-    verified: RwLock<HashMap<[u8; 32], (Claims, Instant)>>,
+    verified: RwLock<HashMap<[u8; 32], (Arc<Claims>, Instant)>>,
     policies: RwLock<HashMap<String, CachedPolicies>>,
 }
 
@@ -423,12 +423,16 @@ impl IdentityService {
     /// Checks a bearer token for `audience`. A verified token is remembered
     /// for 30 seconds (bounded by its own expiry), so hot paths pay for the
     /// signature check and the principal lookup once.
-    pub async fn verify(&self, token: &str, audience: Audience) -> Result<Claims, VerifyError> {
+    pub async fn verify(
+        &self,
+        token: &str,
+        audience: Audience,
+    ) -> Result<Arc<Claims>, VerifyError> {
         let key = digest(token);
         let t = now();
         if let Some(c) = self.cached(&key, t) {
             if c.aud != audience.as_str() {
-                return Err(TokenError::WrongAudience(c.aud).into());
+                return Err(TokenError::WrongAudience(c.aud.clone()).into());
             }
             return Ok(c);
         }
@@ -440,6 +444,7 @@ impl IdentityService {
             Some(p) if p.object_id == claims.oid => {}
             _ => return Err(TokenError::UnknownPrincipal.into()),
         }
+        let claims = Arc::new(claims);
         if let Ok(mut map) = self.inner.verified.write() {
             if map.len() > 10_000 {
                 map.clear();
@@ -449,7 +454,7 @@ impl IdentityService {
         Ok(claims)
     }
 
-    fn cached(&self, key: &[u8; 32], t: i64) -> Option<Claims> {
+    fn cached(&self, key: &[u8; 32], t: i64) -> Option<Arc<Claims>> {
         let map = self.inner.verified.read().ok()?;
         let (c, at) = map.get(key)?;
         (at.elapsed() < VERIFIED_TTL && c.exp > t).then(|| c.clone())

@@ -52,7 +52,7 @@ pub enum Caller {
     /// A static API token (the admin token).
     Token(TokenRecord),
     /// A principal, with a token from Herald's token endpoint.
-    Principal(herald_identity::Claims),
+    Principal(std::sync::Arc<herald_identity::Claims>),
     /// A running job, with its job token.
     Job(herald_automation::service::JobPrincipal),
 }
