@@ -93,6 +93,9 @@ pub struct IdentityService {
     inner: Arc<Inner>,
 }
 
+/// A verified token's claims and when they were checked.
+type VerifiedToken = (Arc<Claims>, Instant);
+
 /// A vault's policies and when they were read.
 type CachedPolicies = (Arc<Vec<AccessPolicy>>, Instant);
 
@@ -100,7 +103,7 @@ struct Inner {
     storage: Arc<dyn Storage>,
     signer: Signer,
     cfg: IdentityConfig,
-    verified: RwLock<HashMap<[u8; 32], (Arc<Claims>, Instant)>>,
+    verified: RwLock<HashMap<[u8; 32], VerifiedToken>>,
     policies: RwLock<HashMap<String, CachedPolicies>>,
 }
 

@@ -51,12 +51,10 @@ fn authority(headers: &HeaderMap, uri: &axum::http::Uri) -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn known_tenant(st: &AppState, tenant: &str) -> Result<(), Response> {
-    if tenant.eq_ignore_ascii_case(st.identity.tenant()) || tenant == "organizations" {
-        Ok(())
-    } else {
-        Err(oauth_error(OAuthError::new_invalid_tenant(tenant)))
-    }
+/// The refusal for a tenant this installation does not serve, if it is one.
+fn unknown_tenant(st: &AppState, tenant: &str) -> Option<Response> {
+    (!tenant.eq_ignore_ascii_case(st.identity.tenant()) && tenant != "organizations")
+        .then(|| oauth_error(OAuthError::new_invalid_tenant(tenant)))
 }
 
 async fn openid_configuration(
@@ -64,7 +62,7 @@ async fn openid_configuration(
     Path(tenant): Path<String>,
     req: Request,
 ) -> Response {
-    if let Err(r) = known_tenant(&st, &tenant) {
+    if let Some(r) = unknown_tenant(&st, &tenant) {
         return r;
     }
     let base = format!(
@@ -97,7 +95,7 @@ async fn openid_configuration(
 }
 
 async fn keys(State(st): State<AppState>, Path(tenant): Path<String>) -> Response {
-    if let Err(r) = known_tenant(&st, &tenant) {
+    if let Some(r) = unknown_tenant(&st, &tenant) {
         return r;
     }
     Json(st.identity.jwks()).into_response()
