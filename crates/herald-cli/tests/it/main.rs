@@ -4,6 +4,7 @@
 // A test binary has no outside: its helpers are `pub` for its own modules.
 #![allow(unreachable_pub)]
 
+mod authz_matrix;
 mod automation;
 mod automation_flow;
 mod binary;

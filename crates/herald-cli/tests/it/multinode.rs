@@ -660,3 +660,101 @@ async fn snapshot(client: &reqwest::Client, origin: &str) -> Value {
         "runbook": runbook["properties"]["publishedVersion"],
     })
 }
+
+/// A principal's token from one node works on every node: the signing key
+/// and the tenant live in the shared database, so no node keeps state of
+/// its own. Node 1 verifies what node 0 signed and the other way round,
+/// both publish the same JWKS, and the access policy set through node 0 is
+/// what node 1 enforces.
+#[tokio::test]
+async fn tokens_from_one_node_are_valid_on_every_node() {
+    let Some(cluster) = Cluster::start(2, &[]).await else {
+        return;
+    };
+    let (n0, n1) = (cluster.node(0), cluster.node(1));
+    let p = api(
+        n0,
+        reqwest::Method::POST,
+        "/api/v1/principals",
+        Some(json!({"displayName": "rotator"})),
+    )
+    .await;
+    let p = p.expect(201).clone();
+    let app_id = p["appId"].as_str().expect("appId").to_owned();
+    let tenant = p["tenantId"].as_str().expect("tenantId").to_owned();
+    let s = api(
+        n0,
+        reqwest::Method::POST,
+        &format!("/api/v1/principals/{app_id}/secrets"),
+        None,
+    )
+    .await;
+    let secret = s.expect(201)["secretText"]
+        .as_str()
+        .expect("secretText")
+        .to_owned();
+    api(
+        n0,
+        reqwest::Method::PUT,
+        &format!("/api/v1/vaults/default/accessPolicies/{app_id}"),
+        Some(json!({"permissions": {"secrets": ["get"]}})),
+    )
+    .await
+    .expect(200);
+    api(
+        n0,
+        reqwest::Method::PUT,
+        "/secrets/db-password?api-version=7.6",
+        Some(json!({"value": "s3cret"})),
+    )
+    .await
+    .expect(200);
+
+    assert_eq!(
+        jwks_of(n0, &tenant).await,
+        jwks_of(n1, &tenant).await,
+        "one signing key for all nodes"
+    );
+    for (issuer, verifier) in [(n0, n1), (n1, n0)] {
+        let token = token_from(issuer, &tenant, &app_id, &secret).await;
+        let get = verifier
+            .client
+            .get(format!(
+                "{}/secrets/db-password?api-version=7.6",
+                verifier.origin
+            ))
+            .bearer_auth(&token);
+        let r = verifier.req(get).await;
+        assert_eq!(r.expect(200)["value"], "s3cret", "{}", cluster.logs());
+        // The policy grants get only: the other node enforces it too.
+        let set = verifier
+            .client
+            .put(format!(
+                "{}/secrets/db-password?api-version=7.6",
+                verifier.origin
+            ))
+            .bearer_auth(&token)
+            .json(&json!({"value": "nope"}));
+        let r = verifier.req(set).await;
+        assert_eq!(r.status, 403, "{}", r.text);
+    }
+}
+
+async fn jwks_of(h: &Herald, tenant: &str) -> Value {
+    let url = format!("{}/{tenant}/discovery/v2.0/keys", h.origin);
+    h.req(h.client.get(url)).await.expect(200).clone()
+}
+
+async fn token_from(h: &Herald, tenant: &str, app_id: &str, secret: &str) -> String {
+    let url = format!("{}/{tenant}/oauth2/v2.0/token", h.origin);
+    let req = h.client.post(url).form(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", app_id),
+        ("client_secret", secret),
+        ("scope", "https://vault.azure.net/.default"),
+    ]);
+    h.req(req).await.expect(200)["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
