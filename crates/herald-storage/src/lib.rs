@@ -7,6 +7,7 @@
 //! the event announcing it commit together or not at all.
 
 mod automation;
+mod blob;
 pub mod copy;
 mod engine;
 mod hubs;
@@ -15,6 +16,7 @@ mod router;
 mod vault;
 
 pub use automation::*;
+pub use blob::*;
 pub use hubs::*;
 pub use identity::*;
 pub use router::*;
@@ -93,6 +95,7 @@ pub trait Storage:
     + AutomationStore
     + HubStore
     + IdentityStore
+    + BlobStore
     + Coordination
     + Send
     + Sync

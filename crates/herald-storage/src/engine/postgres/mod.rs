@@ -7,6 +7,7 @@
 //! database releases when the holder's connection dies.
 
 mod automation;
+mod blob;
 mod hubs;
 mod identity;
 mod router;

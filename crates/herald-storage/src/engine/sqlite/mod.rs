@@ -5,6 +5,7 @@
 //! that sees every committed write thanks to WAL snapshots.
 
 mod automation;
+mod blob;
 mod hubs;
 mod identity;
 mod router;
