@@ -12,6 +12,7 @@ mod quickstart;
 mod secret;
 mod serve;
 mod status;
+mod storage;
 mod topic;
 mod vault;
 mod worker;
@@ -63,6 +64,9 @@ Config file (TOML, --config or ./herald.toml) keys are the flag names with under
     /// Read and write secrets in a vault.
     #[command(subcommand)]
     Secret(secret::SecretCmd),
+    /// Storage accounts for the Azure Storage SDKs (blob containers).
+    #[command(subcommand)]
+    Storage(storage::StorageCmd),
     /// Manage topics: create, list, show, delete, keys, publish.
     #[command(subcommand)]
     Topic(topic::TopicCmd),
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
             Command::Vault(cmd) => vault::run(cmd).await,
             Command::Secret(cmd) => secret::run(cmd).await,
             Command::Principal(cmd) => principal::run(cmd).await,
+            Command::Storage(cmd) => storage::run(cmd).await,
             Command::Topic(cmd) => topic::run_topic(cmd).await,
             Command::Subscription(cmd) => topic::run_subscription(cmd).await,
             Command::Events(cmd) => events::run(cmd).await,

@@ -41,6 +41,14 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) hub_base: Option<String>,
+    /// Parent domain of storage accounts: account NAME is served at NAME.BLOB_BASE [default: blob.localhost]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) blob_base: Option<String>,
+    /// Where blob content goes: a directory path, or s3://bucket[/prefix] [default: DATA_DIR/blobs]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) blob_url: Option<String>,
     /// AMQP 1.0 over TLS for the Event Hubs SDKs: HOST:PORT, or off [default: 127.0.0.1:5671]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

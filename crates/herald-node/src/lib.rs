@@ -110,7 +110,7 @@ impl Node {
             _ => {
                 let files = herald_server::tls::ensure_generated(
                     &config.data_dir,
-                    &[&config.vault_base, &config.hub_base],
+                    &[&config.vault_base, &config.hub_base, &config.blob_base],
                 )?;
                 (files.cert, files.key, Some(files.ca))
             }
@@ -176,6 +176,15 @@ impl Node {
         let master_for_automation = master.clone();
         let public_url_for_automation = delivery_public_url.clone();
         let hubs = herald_hubs::HubService::new(storage.clone(), master.clone(), &config.hub_base);
+        let content =
+            herald_blob::service::open_content(&config.data_dir, config.blob_url.as_deref())
+                .map_err(|e| anyhow::anyhow!(e))?;
+        let blob = herald_blob::service::BlobService::new(
+            storage.clone(),
+            master.clone(),
+            content,
+            &config.blob_base,
+        );
         let identity = herald_identity::IdentityService::open(
             storage.clone(),
             &master,
@@ -243,6 +252,7 @@ impl Node {
             automation,
             hubs,
             identity,
+            blob,
             sandbox,
             shutdown: CancellationToken::new(),
         };

@@ -23,6 +23,11 @@ pub struct Config {
     pub vault_base: String,
     /// Parent domain of hub namespaces: namespace `orders` is `orders.{hub_base}`.
     pub hub_base: String,
+    /// Parent domain of storage accounts: account `logs` is `logs.{blob_base}`.
+    pub blob_base: String,
+    /// Where blob content goes: unset = DATA_DIR/blobs, or s3://bucket[/prefix]
+    /// (credentials and endpoint from AWS_* variables) when nodes share it.
+    pub blob_url: Option<String>,
     /// AMQP 1.0 over TLS for the Event Hubs SDKs (`HOST:PORT`, or `off`).
     pub amqp_listen: String,
     /// Plaintext AMQP for `UseDevelopmentEmulator=true` connection strings
@@ -87,6 +92,8 @@ impl Default for Config {
             durability: "normal".into(),
             vault_base: "vault.localhost".into(),
             hub_base: "servicebus.localhost".into(),
+            blob_base: "blob.localhost".into(),
+            blob_url: None,
             amqp_listen: "127.0.0.1:5671".into(),
             amqp_plain_listen: None,
             public_port: None,
@@ -185,6 +192,7 @@ impl Config {
         for (key, base) in [
             ("vault_base", &self.vault_base),
             ("hub_base", &self.hub_base),
+            ("blob_base", &self.blob_base),
         ] {
             if base.is_empty()
                 || !base.split('.').all(|l| {

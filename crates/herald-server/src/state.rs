@@ -23,6 +23,7 @@ pub struct AppState {
     pub automation: herald_automation::AutomationService,
     pub hubs: herald_hubs::HubService,
     pub identity: herald_identity::IdentityService,
+    pub blob: herald_blob::service::BlobService,
     pub sandbox: herald_automation::sandbox::SandboxLevel,
     /// Cancelled when the server stops; long polls end on it.
     pub shutdown: tokio_util::sync::CancellationToken,

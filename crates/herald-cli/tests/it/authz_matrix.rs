@@ -227,6 +227,13 @@ fn rows(w: &World) -> Vec<Row> {
         row("principals.rs GET /{app_id}/secrets", Mgmt("/principals"), format!("/{}/secrets", w.with_app), None, Admin, m(200)),
         row("principals.rs POST /{app_id}/secrets", Mgmt("/principals"), "/00000000-0000-0000-0000-00000000dead/secrets", None, Admin, m(404)),
         row("principals.rs DELETE /{app_id}/secrets/{key_id}", Mgmt("/principals"), format!("/{}/secrets/00000000-0000-0000-0000-00000000dead", w.with_app), None, Admin, m(404)),
+        // --- storage accounts ---
+        row("storage_accounts.rs GET /", Mgmt("/storage/accounts"), "", None, Admin, m(200)),
+        row("storage_accounts.rs POST /", Mgmt("/storage/accounts"), "", Some(json!({"name": "matrixmade"})), Admin, m(201)),
+        row("storage_accounts.rs GET /{name}", Mgmt("/storage/accounts"), "/matrixacct", None, Admin, m(200)),
+        row("storage_accounts.rs DELETE /{name}", Mgmt("/storage/accounts"), "/nosuch", None, Admin, m(404)),
+        row("storage_accounts.rs POST /{name}/listKeys", Mgmt("/storage/accounts"), "/matrixacct/listKeys", None, Admin, m(200)),
+        row("storage_accounts.rs POST /{name}/regenerateKey", Mgmt("/storage/accounts"), "/matrixacct/regenerateKey", Some(json!({"keyName": "key2"})), Admin, m(200)),
         // --- topics and event subscriptions ---
         row("topics.rs GET /", tp, "", None, Admin, m(200)),
         row("topics.rs POST /", tp, "", Some(json!({"name": "matrix-made"})), Admin, m(201)),
@@ -399,6 +406,14 @@ async fn world(app: &TestApp) -> World {
     .await
     .expect(200);
 
+    admin(
+        app,
+        Method::POST,
+        "/storage/accounts",
+        Some(json!({"name": "matrixacct"})),
+    )
+    .await
+    .expect(201);
     admin(
         app,
         Method::POST,

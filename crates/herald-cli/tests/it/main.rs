@@ -8,6 +8,7 @@ mod authz_matrix;
 mod automation;
 mod automation_flow;
 mod binary;
+mod blob;
 mod delivery;
 mod durability;
 mod helpers;

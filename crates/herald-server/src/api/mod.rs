@@ -1,6 +1,7 @@
 //! HTTP routes, one module per API resource.
 
 pub mod automation;
+pub mod blob;
 pub mod event_subscriptions;
 pub mod events;
 pub mod hub_data;
@@ -9,6 +10,7 @@ pub mod identity;
 pub mod principals;
 pub mod secrets;
 pub mod status;
+pub mod storage_accounts;
 pub mod system;
 pub mod topics;
 pub mod vaults;
@@ -77,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1/status", status::router())
         .nest("/api/v1/hubs", hubs::router())
         .nest("/api/v1/principals", principals::router())
+        .nest("/api/v1/storage/accounts", storage_accounts::router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::admin_auth,
@@ -103,6 +106,11 @@ pub fn router(state: AppState) -> Router {
             let (main, hub_plane, st) = (main.clone(), hub_plane.clone(), state.clone());
             async move {
                 use tower::ServiceExt;
+                if let Some(account) =
+                    host_of(&req).and_then(|h| st.blob.account_of_host(&h).map(str::to_owned))
+                {
+                    return Ok(blob::handle(axum::extract::State(st), account, req).await);
+                }
                 if hub_data::namespace_of(&st, req.headers(), req.uri()).is_some()
                     || hub_data::is_plain_host_call(req.method(), req.uri().path())
                 {
