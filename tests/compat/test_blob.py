@@ -163,3 +163,152 @@ def test_wrong_key_is_refused(herald: Herald, account: dict) -> None:
     with pytest.raises(ClientAuthenticationError) as e:
         list(svc.list_containers())
     assert e.value.error_code == "AuthenticationFailed"
+
+
+def test_eventhub_checkpoints_in_a_herald_container() -> None:
+    """azure-eventhub with BlobCheckpointStore on Herald's own blobs: two consumers in one group
+    split the partitions, checkpoint, and a restarted consumer resumes after the checkpoints."""
+    import threading
+    import time
+
+    from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerClient
+    from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
+
+    from test_eventhubs import hubs_server
+
+    with hubs_server("checkpoints") as h:
+        hub = h.hub(partitions=4)
+        send = h.plain(h.policy(hub, "sender", ["Send"]))
+        listen = h.plain(h.policy(hub, "app", ["Listen"]))
+        name = f"ck{uuid.uuid4().hex[:10]}"
+        assert h.server.mgmt("POST", "/api/v1/storage/accounts", json={"name": name}).status_code == 201
+        conn = h.server.mgmt("POST", f"/api/v1/storage/accounts/{name}/listKeys").json()["connectionString"]
+        BlobServiceClient.from_connection_string(conn, connection_verify=h.server.ca).create_container("checkpoints")
+
+        def produce(n: int, tag: str) -> None:
+            p = EventHubProducerClient.from_connection_string(send)
+            try:
+                for i in range(n):
+                    batch = p.create_batch(partition_id=str(i % 4))
+                    batch.add(EventData(f"{tag}-{i}"))
+                    p.send_batch(batch)
+            finally:
+                p.close()
+
+        class Consumer:
+            def __init__(self) -> None:
+                store = BlobCheckpointStore.from_connection_string(conn, "checkpoints",
+                                                                    connection_verify=h.server.ca)
+                self.client = EventHubConsumerClient.from_connection_string(
+                    listen, consumer_group="$Default", checkpoint_store=store, load_balancing_interval=1,
+                    partition_ownership_expiration_interval=4)
+                self.seen: list[tuple[str, str]] = []
+                self.lock = threading.Lock()
+
+                def on_event(ctx, ev) -> None:
+                    if ev is None:
+                        return
+                    with self.lock:
+                        self.seen.append((ctx.partition_id, ev.body_as_str()))
+                    ctx.update_checkpoint(ev)
+
+                self.thread = threading.Thread(
+                    target=lambda: self.client.receive(on_event, starting_position="-1"), daemon=True)
+                self.thread.start()
+
+            def bodies(self) -> set[str]:
+                with self.lock:
+                    return {b for _, b in self.seen}
+
+            def partitions(self) -> set[str]:
+                with self.lock:
+                    return {p for p, _ in self.seen}
+
+            def close(self) -> None:
+                self.client.close()
+                self.thread.join(timeout=15)
+
+        produce(40, "first")
+        a, b = Consumer(), Consumer()
+        want = {f"first-{i}" for i in range(40)}
+        deadline = time.time() + 60
+        while time.time() < deadline and not (a.bodies() | b.bodies() >= want and a.partitions() and b.partitions()):
+            produce(4, "more")
+            want |= {f"more-{i}" for i in range(4)}
+            time.sleep(1)
+        try:
+            assert a.bodies() | b.bodies() >= want, "every event reached one of the consumers"
+            assert a.partitions() and b.partitions(), (a.partitions(), b.partitions())
+        finally:
+            a.close()
+            b.close()
+        listed = [x.name for x in BlobServiceClient.from_connection_string(conn, connection_verify=h.server.ca)
+                  .get_container_client("checkpoints").list_blobs()]
+        assert any("/checkpoint/" in n for n in listed), listed
+        assert any("/ownership/" in n for n in listed), listed
+
+        # A consumer started after the checkpoints reads only what came after them.
+        produce(8, "after")
+        c = Consumer()
+        try:
+            deadline = time.time() + 30
+            while time.time() < deadline and not c.bodies() >= {f"after-{i}" for i in range(8)}:
+                time.sleep(0.2)
+            assert c.bodies() >= {f"after-{i}" for i in range(8)}
+            assert not any(x.startswith("first-") for x in c.bodies()), "resumed after the checkpoints"
+        finally:
+            c.close()
+
+
+def test_dead_letters_in_a_herald_container(tmp_path) -> None:
+    """An Event Grid subscription whose deadLetterDestination names a Herald storage account writes
+    its dead letters there, in Azure's layout, readable with the Storage SDK."""
+    import json
+    import time
+
+    import requests
+
+    from conftest import start_herald, stop_herald
+    from test_deadletter_s3 import RejectingReceiver
+
+    (tmp_path / "data").mkdir()
+    server = start_herald(tmp_path / "data", tmp_path / "herald.log",
+                          env={"HERALD_DELIVERY_ALLOWED_CIDRS": "127.0.0.0/8"})
+    try:
+        name = f"dl{uuid.uuid4().hex[:10]}"
+        assert server.mgmt("POST", "/api/v1/storage/accounts", json={"name": name}).status_code == 201
+        conn = server.mgmt("POST", f"/api/v1/storage/accounts/{name}/listKeys").json()["connectionString"]
+        svc = BlobServiceClient.from_connection_string(conn, connection_verify=server.ca)
+        svc.create_container("deadletters")
+        receiver = RejectingReceiver()
+        topic, sub = f"t-{uuid.uuid4().hex[:8]}", f"dl-sub-{uuid.uuid4().hex[:6]}"
+        assert server.mgmt("POST", "/api/v1/topics", json={"name": topic}).status_code == 201
+        key = server.mgmt("GET", f"/api/v1/topics/{topic}/keys").json()["key1"]
+        body = {
+            "destination": {"endpointType": "WebHook", "properties": {"endpointUrl": receiver.url}},
+            "deadLetterDestination": {"endpointType": "StorageBlob", "properties": {
+                "resourceId": f"/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/{name}",
+                "blobContainerName": "deadletters"}},
+        }
+        r = server.mgmt("PUT", f"/api/v1/topics/{topic}/eventSubscriptions/{sub}", json=body)
+        assert r.status_code == 201, r.text
+        event_id = str(uuid.uuid4())
+        event = {"id": event_id, "eventType": "Compat.Blob", "subject": "blob/test",
+                 "eventTime": "2026-01-01T00:00:00Z", "data": {"n": 1}, "dataVersion": "1.0"}
+        r = requests.post(f"{server.base_url}/topics/{topic}/api/events?api-version=2018-01-01", json=[event],
+                          headers={"aeg-sas-key": key}, verify=server.ca, timeout=30)
+        assert r.status_code == 200, r.text
+        c = svc.get_container_client("deadletters")
+        deadline = time.monotonic() + 30
+        names: list[str] = []
+        while time.monotonic() < deadline and not names:
+            names = [b.name for b in c.list_blobs(name_starts_with=f"{sub.upper()}/")]
+            time.sleep(0.2)
+        assert names, f"no dead-letter blob; log:\n{server.log_tail()}"
+        parts = names[0].split("/")
+        assert len(parts) == 6 and parts[5].endswith(".json"), names[0]
+        dead = json.loads(c.download_blob(names[0]).readall())
+        assert [d["id"] for d in dead] == [event_id]
+        assert dead[0]["deadLetterReason"] == "UndeliverableDueToClientError"
+    finally:
+        stop_herald(server)

@@ -87,6 +87,22 @@ pub trait SecretResolver: Send + Sync {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<String>> + Send + 'a>>;
 }
 
+/// Herald's own blob containers, as a dead-letter destination: a
+/// subscription whose `deadLetterDestination.properties.resourceId` names a
+/// Herald storage account gets its dead letters there, readable with the
+/// Storage SDK. Set by the node, which owns the blob service.
+pub trait DeadLetterBlobs: Send + Sync {
+    /// Writes `body` as blob `name` in `account`'s `container`. `Ok(false)`
+    /// when Herald has no such account (the configured store is used then).
+    fn put<'a>(
+        &'a self,
+        account: &'a str,
+        container: &'a str,
+        name: &'a str,
+        body: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<bool>> + Send + 'a>>;
+}
+
 impl Delivery {
     /// Event Grid push delivery over the router's subscriptions, sending
     /// through `client`. Fails if the dead-letter store cannot be opened.
@@ -119,6 +135,12 @@ impl Delivery {
     /// Resolves secret delivery headers through `resolver` (the vault).
     pub fn with_secret_resolver(self, resolver: Arc<dyn SecretResolver>) -> Self {
         self.eventgrid.set_resolver(resolver);
+        self
+    }
+
+    /// Lets dead letters go to Herald's own blob containers.
+    pub fn with_dead_letter_blobs(self, blobs: Arc<dyn DeadLetterBlobs>) -> Self {
+        self.eventgrid.set_blobs(blobs);
         self
     }
 

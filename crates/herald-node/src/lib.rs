@@ -201,7 +201,9 @@ impl Node {
         .await
         .context("opening the identity service")?;
         let vault = VaultService::new(storage.clone(), master, scope, urls.clone());
-        let delivery = delivery.with_secret_resolver(Arc::new(VaultResolver(vault.clone())));
+        let delivery = delivery
+            .with_secret_resolver(Arc::new(VaultResolver(vault.clone())))
+            .with_dead_letter_blobs(Arc::new(resolver::BlobDeadLetters(blob.clone())));
         vault
             .ensure_default_vault(VaultSettings {
                 near_expiry_secs: config.near_expiry_window_secs,

@@ -28,3 +28,49 @@ impl herald_delivery::SecretResolver for VaultResolver {
         })
     }
 }
+
+/// Dead letters into Herald's own blob containers.
+pub(crate) struct BlobDeadLetters(pub(crate) herald_blob::service::BlobService);
+
+impl herald_delivery::DeadLetterBlobs for BlobDeadLetters {
+    fn put<'a>(
+        &'a self,
+        account: &'a str,
+        container: &'a str,
+        name: &'a str,
+        body: Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<bool>> + Send + 'a>>
+    {
+        use herald_blob::service::{BlobError, BlobHeaders, Conditions, NewBlob};
+        Box::pin(async move {
+            match self.0.signing_keys(account).await {
+                Ok(None) => return Ok(false),
+                Ok(Some(_)) => {}
+                Err(e) => return Err(anyhow::anyhow!("{e}")),
+            }
+            let stream: herald_blob::service::BodyStream =
+                Box::pin(futures_util::stream::once(async move {
+                    Ok(bytes::Bytes::from(body))
+                }));
+            let headers = BlobHeaders {
+                content_type: Some("application/json".into()),
+                ..BlobHeaders::default()
+            };
+            self.0
+                .put_blob(
+                    account,
+                    container,
+                    name,
+                    stream,
+                    NewBlob {
+                        headers: &headers,
+                        metadata: &[],
+                        conditions: &Conditions::default(),
+                    },
+                )
+                .await
+                .map_err(|e: BlobError| anyhow::anyhow!("{e}"))?;
+            Ok(true)
+        })
+    }
+}

@@ -260,7 +260,15 @@ async fn shared_key_round_trip_and_refusals() {
 }
 
 /// What, method, path, headers, body, expected status and error code.
-type Case<'a> = (&'a str, Method, String, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+type Case<'a> = (
+    &'a str,
+    Method,
+    String,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
 
 #[tokio::test]
 async fn bad_input_gets_azure_errors_never_a_5xx() {

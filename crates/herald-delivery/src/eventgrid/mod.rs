@@ -42,6 +42,8 @@ pub(crate) struct EventGrid {
     dead_letters: Option<DeadLetterStore>,
     /// Set after construction (the node wires the vault in last), hence the lock.
     resolver: RwLock<Option<Arc<dyn SecretResolver>>>,
+    /// Herald's blob containers, set by the node like the resolver.
+    blobs: RwLock<Option<Arc<dyn crate::DeadLetterBlobs>>>,
     /// Subscribed at construction, so no deletion before `run` is missed.
     deletions: Mutex<Option<Receiver<DeletedSubscription>>>,
 }
@@ -68,7 +70,18 @@ impl EventGrid {
             settings,
             dead_letters,
             resolver: RwLock::new(None),
+            blobs: RwLock::new(None),
         })
+    }
+
+    pub(crate) fn set_blobs(&self, blobs: Arc<dyn crate::DeadLetterBlobs>) {
+        if let Ok(mut b) = self.blobs.write() {
+            *b = Some(blobs);
+        }
+    }
+
+    pub(crate) fn blobs(&self) -> Option<Arc<dyn crate::DeadLetterBlobs>> {
+        self.blobs.read().ok().and_then(|b| b.clone())
     }
 
     pub(crate) fn set_resolver(&self, resolver: Arc<dyn SecretResolver>) {

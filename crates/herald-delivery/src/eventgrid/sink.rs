@@ -2,7 +2,7 @@
 //! outcome, as blobs under the subscription's `deadLetterDestination`; and
 //! the events that expired before an attempt could be made.
 
-use super::deadletter::{DeadLetterInfo, annotate};
+use super::deadletter::{DeadLetterInfo, DeadLetterStore, annotate};
 use super::{EventGrid, retry};
 use crate::engine::{DeadLetterFate, Settled, Verdict};
 use chrono::{TimeZone, Utc};
@@ -22,11 +22,13 @@ impl EventGrid {
         messages: &[ClaimedMessage],
         fate: DeadLetterFate,
     ) {
-        let (Some(store), Some(dest)) =
-            (&self.dead_letters, &sub.properties.dead_letter_destination)
-        else {
+        let Some(dest) = &sub.properties.dead_letter_destination else {
             return;
         };
+        let blobs = self.blobs();
+        if self.dead_letters.is_none() && blobs.is_none() {
+            return;
+        }
         let container = dest["properties"]["blobContainerName"]
             .as_str()
             .unwrap_or("deadletters");
@@ -60,6 +62,37 @@ impl EventGrid {
             })
             .collect();
         let reason = fate.reason;
+        // `resourceId` is an ARM id (`.../storageAccounts/{account}`) or a
+        // bare account name; a Herald account takes the blob itself.
+        let account = dest["properties"]["resourceId"]
+            .as_str()
+            .map(|r| r.rsplit_once("storageAccounts/").map_or(r, |(_, a)| a))
+            .map(|a| a.split('/').next().unwrap_or(a))
+            .unwrap_or("");
+        if let Some(blobs) = blobs
+            && !account.is_empty()
+        {
+            let path = DeadLetterStore::object_path("", &sub.record.name, at, uuid::Uuid::new_v4());
+            let name = path.trim_start_matches('/');
+            let body = serde_json::to_vec(&events).unwrap_or_default();
+            match blobs.put(account, container, name, body).await {
+                Ok(true) => {
+                    tracing::info!(subscription = %sub.record.name, account, container, blob = %name,
+                        events = events.len(), reason, "events dead-lettered");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    // Azure drops dead letters whose destination does not exist.
+                    tracing::error!(error = %e, subscription = %sub.record.name, account, container,
+                        "writing dead-letter blob failed");
+                    return;
+                }
+            }
+        }
+        let Some(store) = &self.dead_letters else {
+            return;
+        };
         match store.write(container, &sub.record.name, &events, at).await {
             Ok(path) => {
                 tracing::info!(subscription = %sub.record.name, path = %path, events = events.len(), reason,
