@@ -680,12 +680,33 @@ impl BlobService {
         rec: BlobRecord,
         current: Option<&BlobRecord>,
         keep: &[String],
+        last_writer_wins: bool,
     ) -> R<BlobRecord> {
-        let expect = match current {
+        let mut expect = match current {
             Some(b) => Expect::Etag(b.etag.clone()),
             None => Expect::Absent,
         };
-        match self.storage.put_blob(&rec, expect).await? {
+        let mut tries = 0;
+        let written = loop {
+            match self.storage.put_blob(&rec, expect.clone()).await? {
+                // An unconditional write that raced another: Azure's answer
+                // is last writer wins, so compare-and-set against what is
+                // there now (the content is this request's own).
+                BlobWrite::Changed if last_writer_wins && tries < 8 => {
+                    tries += 1;
+                    expect = match self
+                        .storage
+                        .blob(&rec.account, &rec.container, &rec.name)
+                        .await?
+                    {
+                        Some(b) => Expect::Etag(b.etag),
+                        None => Expect::Absent,
+                    };
+                }
+                other => break other,
+            }
+        };
+        match written {
             BlobWrite::Written { replaced, staged } => {
                 let mut gone: Vec<String> = replaced
                     .map(|p| parts_of(&p).into_iter().map(|p| p.key).collect())
@@ -749,7 +770,12 @@ impl BlobService {
             &parts,
         );
         match self
-            .commit(rec, before.as_ref(), std::slice::from_ref(&key))
+            .commit(
+                rec,
+                before.as_ref(),
+                std::slice::from_ref(&key),
+                cond.is_empty(),
+            )
             .await
         {
             Ok(r) => Ok(r),
@@ -875,7 +901,7 @@ impl BlobService {
             size,
             &parts,
         );
-        self.commit(rec, before.as_ref(), &keep).await
+        self.commit(rec, before.as_ref(), &keep, false).await
     }
 
     /// Get Block List: committed blocks and, when asked, uncommitted ones.

@@ -7,6 +7,8 @@
 
 #[path = "bench_automation.rs"]
 mod automation;
+#[path = "bench_blob.rs"]
+mod blob;
 #[path = "bench_hubs.rs"]
 mod hubs;
 #[path = "bench_push.rs"]
@@ -57,6 +59,12 @@ pub(crate) enum Scenario {
     HubRead,
     /// Hub send-to-receive latency over AMQP at 1,000 events/s
     HubLatency,
+    /// 1 KB block blob PUTs, Shared Key signed, over HTTPS keep-alive
+    BlobPut,
+    /// 1 KB block blob GETs, Shared Key signed, over HTTPS keep-alive
+    BlobGet,
+    /// A 1 GiB upload in 4 MiB blocks, with peak RSS
+    BlobUpload,
 }
 
 #[derive(Args)]
@@ -228,6 +236,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             hubs::run(&target, &args, *scenario).await?;
             continue;
         }
+        if matches!(
+            scenario,
+            Scenario::BlobPut | Scenario::BlobGet | Scenario::BlobUpload
+        ) {
+            blob::run(&target, &args, *scenario).await?;
+            continue;
+        }
         if *scenario == Scenario::PullReceiveAck {
             setup_topic(&target, "bench-pull", 1).await?;
             let mut rates = Vec::new();
@@ -284,7 +299,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             | Scenario::Jobs
             | Scenario::HubIngest
             | Scenario::HubRead
-            | Scenario::HubLatency => continue,
+            | Scenario::HubLatency
+            | Scenario::BlobPut
+            | Scenario::BlobGet
+            | Scenario::BlobUpload => continue,
             Scenario::SecretSet => {
                 measure(&target, &args, "secret-set", |i| {
                     (
