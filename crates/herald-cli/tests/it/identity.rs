@@ -470,3 +470,43 @@ async fn bad_tokens_and_bad_requests_are_4xx() {
         .await;
     assert_eq!(r.status, 400, "{}", r.text);
 }
+
+/// Issue 23 item 8: the permission a vault call needs is read from the
+/// matched route, not from a suffix, so `list` never reads a secret whose
+/// name happens to be a route word. The rule is the one job tokens use too
+/// (`authorize_secret`).
+#[tokio::test]
+async fn list_permission_reads_no_secret_named_like_a_route_word() {
+    let app = spawn_app().await;
+    for name in ["versions", "deletedsecrets", "backup", "recover", "restore"] {
+        app.set_value(DEFAULT, name, &format!("value-of-{name}"))
+            .await;
+    }
+    let (app_id, _, secret) = principal(&app, "lister").await;
+    let token = token_for(&app, &app_id, &secret, VAULT_SCOPE).await;
+    set_policy(&app, &app_id, &["list"]).await.expect(200);
+    for name in ["versions", "deletedsecrets", "backup", "recover", "restore"] {
+        for path in [format!("/secrets/{name}"), format!("/secrets/{name}/")] {
+            let r = kv_as(&app, &token, Method::GET, &path, None).await;
+            assert_eq!(r.status, 403, "GET {path} with list only: {:?}", r.json);
+            assert!(!r.text.contains("value-of-"), "{path} leaked: {}", r.text);
+        }
+        // Listing that secret's versions is what `list` is for.
+        kv_as(
+            &app,
+            &token,
+            Method::GET,
+            &format!("/secrets/{name}/versions"),
+            None,
+        )
+        .await
+        .expect(200);
+    }
+    kv_as(&app, &token, Method::GET, "/secrets", None)
+        .await
+        .expect(200);
+    // With get, the same reads answer the value.
+    set_policy(&app, &app_id, &["get"]).await.expect(200);
+    let r = kv_as(&app, &token, Method::GET, "/secrets/versions/", None).await;
+    assert_eq!(r.expect(200)["value"], "value-of-versions");
+}

@@ -116,22 +116,31 @@ impl FromRequestParts<AppState> for VaultCtx {
 
 /// The secret permission a Key Vault call needs, as Key Vault documents
 /// each operation (getting or listing deleted secrets needs `list`).
+///
+/// The action is read from the path's segments exactly as the router above
+/// matches them, never from a suffix: a secret may be named `versions`,
+/// `backup` or `recover`, and reading it must need `get`, not `list`.
 fn secret_permission(method: &axum::http::Method, path: &str) -> SecretPermission {
     use axum::http::Method;
-    let trimmed = path.trim_end_matches('/');
-    let deleted = trimmed.starts_with("/deletedsecrets");
-    match *method {
-        Method::GET if deleted || trimmed == "/secrets" || trimmed.ends_with("/versions") => {
-            SecretPermission::List
-        }
-        Method::GET => SecretPermission::Get,
-        Method::PUT | Method::PATCH => SecretPermission::Set,
-        Method::DELETE if deleted => SecretPermission::Purge,
-        Method::DELETE => SecretPermission::Delete,
-        Method::POST if trimmed.ends_with("/recover") => SecretPermission::Recover,
-        Method::POST if trimmed.ends_with("/backup") => SecretPermission::Backup,
-        Method::POST => SecretPermission::Restore,
-        // Other methods end in 405; ask for the most guarded permission.
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // `/secrets/{name}/` is routed like `/secrets/{name}`.
+    let segments: &[&str] = match segments.as_slice() {
+        [rest @ .., ""] if rest.len() == 2 => rest,
+        s => s,
+    };
+    match (method, segments) {
+        (&Method::GET, ["deletedsecrets", ..]) => SecretPermission::List,
+        (&Method::DELETE, ["deletedsecrets", _]) => SecretPermission::Purge,
+        (&Method::POST, ["deletedsecrets", _, "recover"]) => SecretPermission::Recover,
+        (&Method::GET, ["secrets"] | ["secrets", ""]) => SecretPermission::List,
+        (&Method::GET, ["secrets", _, "versions"]) => SecretPermission::List,
+        (&Method::GET, ["secrets", _] | ["secrets", _, _]) => SecretPermission::Get,
+        (&Method::PUT | &Method::PATCH, ["secrets", ..]) => SecretPermission::Set,
+        (&Method::DELETE, ["secrets", _]) => SecretPermission::Delete,
+        (&Method::POST, ["secrets", _, "backup"]) => SecretPermission::Backup,
+        (&Method::POST, ["secrets", "restore"]) => SecretPermission::Restore,
+        // Anything else ends in 404 or 405; ask for the most guarded
+        // permission so an unmatched path never widens what a caller may do.
         _ => SecretPermission::Purge,
     }
 }
@@ -632,5 +641,39 @@ mod tests {
         assert_eq!(vault_name_for_host("a.b.vault.localhost", b), None);
         assert_eq!(vault_name_for_host("example.com", b), None);
         assert_eq!(vault_name_for_host("xvault.localhost", b), None);
+    }
+
+    #[test]
+    fn permissions_follow_routes_not_suffixes() {
+        use SecretPermission as P;
+        use axum::http::Method;
+        let cases: &[(Method, &str, P)] = &[
+            (Method::GET, "/secrets", P::List),
+            (Method::GET, "/secrets/", P::List),
+            (Method::GET, "/secrets/versions", P::Get),
+            (Method::GET, "/secrets/versions/", P::Get),
+            (Method::GET, "/secrets/deletedsecrets", P::Get),
+            (Method::GET, "/secrets/a/versions", P::List),
+            (Method::GET, "/secrets/versions/versions", P::List),
+            (
+                Method::GET,
+                "/secrets/a/0123456789abcdef0123456789abcdef",
+                P::Get,
+            ),
+            (Method::GET, "/deletedsecrets", P::List),
+            (Method::GET, "/deletedsecrets/a", P::List),
+            (Method::PUT, "/secrets/versions", P::Set),
+            (Method::PATCH, "/secrets/a/v", P::Set),
+            (Method::DELETE, "/secrets/versions", P::Delete),
+            (Method::DELETE, "/deletedsecrets/a", P::Purge),
+            (Method::POST, "/secrets/backup/backup", P::Backup),
+            (Method::POST, "/secrets/backup", P::Purge),
+            (Method::POST, "/secrets/restore", P::Restore),
+            (Method::POST, "/deletedsecrets/recover/recover", P::Recover),
+            (Method::GET, "/secrets/a/b/c", P::Purge),
+        ];
+        for (m, path, want) in cases {
+            assert_eq!(secret_permission(m, path), *want, "{m} {path}");
+        }
     }
 }
