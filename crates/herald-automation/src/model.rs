@@ -414,6 +414,72 @@ pub struct WebhookData {
     pub request_body: String,
 }
 
+/// What the jobs API shows in place of a header value it hides.
+pub const MASKED: &str = "*****";
+
+/// Headers whose values the jobs API shows as sent. Every other header is
+/// shown masked: a header may carry a credential under any name (a
+/// delivery attribute filled from a vault secret, an API key a caller
+/// chose), so the shown copy lists only what is known to be harmless.
+/// The runbook itself still receives every header unmasked, as Azure
+/// hands them over.
+fn header_is_shown(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    if n == "aeg-sas-key" || n == "aeg-sas-token" {
+        return false;
+    }
+    n.starts_with("aeg-")
+        || n.starts_with("ce-")
+        || matches!(
+            n.as_str(),
+            "accept"
+                | "accept-encoding"
+                | "accept-language"
+                | "connection"
+                | "content-encoding"
+                | "content-length"
+                | "content-type"
+                | "expect"
+                | "from"
+                | "host"
+                | "idempotency-key"
+                | "request-id"
+                | "traceparent"
+                | "tracestate"
+                | "user-agent"
+                | "webhook-id"
+                | "webhook-timestamp"
+                | "x-correlation-id"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-request-id"
+        )
+}
+
+impl WebhookData {
+    /// The copy the jobs API shows: headers that may carry a credential
+    /// (`Authorization`, `Cookie`, `aeg-sas-key`, any header not known to
+    /// be harmless) are masked.
+    pub fn shown(&self) -> WebhookData {
+        WebhookData {
+            webhook_name: self.webhook_name.clone(),
+            request_header: self
+                .request_header
+                .iter()
+                .map(|(k, v)| {
+                    let v = if header_is_shown(k) {
+                        v.clone()
+                    } else {
+                        MASKED.to_owned()
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            request_body: self.request_body.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,5 +573,40 @@ mod tests {
             let given: Map<String, Value> = keys.into_iter().zip(vals).map(|(k, v)| (k, json!(v))).collect();
             let _ = bind_params(&decls, &given);
         }
+    }
+
+    #[test]
+    fn shown_webhook_data_masks_credential_headers() {
+        let wd = WebhookData {
+            webhook_name: "w".into(),
+            request_header: [
+                ("Authorization", "Bearer abc"),
+                ("Proxy-Authorization", "Basic x"),
+                ("Cookie", "s=1"),
+                ("aeg-sas-key", "k"),
+                ("AEG-SAS-TOKEN", "t"),
+                ("X-Api-Key", "from-a-vault"),
+                ("Content-Type", "application/json"),
+                ("aeg-event-type", "Notification"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            request_body: "{}".into(),
+        };
+        let shown = wd.shown();
+        for k in [
+            "Authorization",
+            "Proxy-Authorization",
+            "Cookie",
+            "aeg-sas-key",
+            "AEG-SAS-TOKEN",
+            "X-Api-Key",
+        ] {
+            assert_eq!(shown.request_header[k], MASKED, "{k}");
+        }
+        assert_eq!(shown.request_header["Content-Type"], "application/json");
+        assert_eq!(shown.request_header["aeg-event-type"], "Notification");
+        assert_eq!(shown.request_body, "{}");
     }
 }

@@ -1,11 +1,45 @@
 //! Jobs as users see them: status with history, streams, output, stop, resume and waiting for the end.
 
 use super::*;
-use herald_storage::{JobFilter, JobRecord, JobTransition, StreamRecord};
+use herald_storage::{JobFilter, JobId, JobRecord, JobTransition, StreamRecord};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
+/// How a job's shown parameters are stored: sealed, so the webhook
+/// request they hold (its body and headers) is not plaintext in the
+/// database. Rows written before sealing hold plain JSON.
+const SEALED_PARAMS: &str = "sealed:";
+
 impl AutomationService {
+    /// The job's shown parameters (secure values and credential headers
+    /// already masked) sealed for the `parameters` column.
+    pub(super) fn seal_shown(&self, id: &JobId, shown: &Value) -> Result<String> {
+        let plain = serde_json::to_vec(shown).map_err(internal)?;
+        let sealed = self.inner.master.seal_direct(&plain, &params_aad(id));
+        Ok(format!(
+            "{SEALED_PARAMS}{}",
+            base64::engine::general_purpose::STANDARD.encode(sealed)
+        ))
+    }
+
+    /// The parameters the jobs API shows for `job`.
+    pub fn shown_parameters(&self, job: &JobRecord) -> Value {
+        let Some(b64) = job.parameters.strip_prefix(SEALED_PARAMS) else {
+            return serde_json::from_str(&job.parameters).unwrap_or(Value::Null);
+        };
+        let opened = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .and_then(|s| self.inner.master.open_direct(&s, &params_aad(&job.id)).ok());
+        match opened {
+            Some(plain) => serde_json::from_slice(&plain).unwrap_or(Value::Null),
+            None => {
+                tracing::error!(job = %job.id, "a job's sealed parameters do not open under this master key");
+                Value::Null
+            }
+        }
+    }
+
     /// One job by id.
     pub async fn job(&self, id: &str) -> Result<JobRecord> {
         if uuid::Uuid::parse_str(id).is_err() {
@@ -139,4 +173,11 @@ impl AutomationService {
             }
         }
     }
+}
+
+/// Binds sealed parameters to their job (and apart from its sealed input).
+fn params_aad(id: &JobId) -> Vec<u8> {
+    let mut aad = b"job-parameters:".to_vec();
+    aad.extend_from_slice(id.as_bytes());
+    aad
 }

@@ -236,7 +236,7 @@ impl AutomationService {
         if let Some(w) = &webhook_data {
             shown.insert(
                 "WebhookData".into(),
-                serde_json::to_value(w).map_err(internal)?,
+                serde_json::to_value(w.shown()).map_err(internal)?,
             );
         }
         let mut parameters = plain;
@@ -248,6 +248,7 @@ impl AutomationService {
         let input = serde_json::to_vec(&input).map_err(internal)?;
         let sealed = self.inner.master.seal_direct(&input, id.as_bytes());
         let now = now_ms();
+        let parameters = self.seal_shown(&id, &Value::Object(shown))?;
         Ok(JobRecord {
             id,
             runbook_id: rb.id.clone(),
@@ -258,7 +259,7 @@ impl AutomationService {
             status: JobStatus::New,
             status_details: String::new(),
             exception: None,
-            parameters: Value::Object(shown).to_string(),
+            parameters,
             input: sealed,
             created: now,
             start_time: None,

@@ -20,6 +20,7 @@ mod multinode;
 mod push_crash;
 mod quickstart;
 mod router_api;
+mod sealed_at_rest;
 mod security;
 mod tutorials;
 mod vault_api;

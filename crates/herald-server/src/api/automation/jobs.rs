@@ -59,6 +59,7 @@ pub(super) struct JobHistoryItem {
 pub(super) type JobDto = Resource<JobProperties>;
 
 pub(super) fn job_view(
+    automation: &herald_automation::AutomationService,
     job: &JobRecord,
     history: Option<&[herald_storage::JobTransition]>,
 ) -> JobDto {
@@ -82,7 +83,7 @@ pub(super) fn job_view(
             job_id: job.id.to_string(),
             last_modified_time: iso(job.last_modified),
             last_status_modified_time: iso(job.last_status_modified),
-            parameters: serde_json::from_str(&job.parameters).unwrap_or(Value::Null),
+            parameters: automation.shown_parameters(job),
             provisioning_state: "Succeeded",
             restarts: job.restarts,
             run_on: job.run_on.clone(),
@@ -134,7 +135,11 @@ pub(super) async fn list_jobs(
             limit: q.top.unwrap_or(100).clamp(1, 1000),
         })
         .await?;
-    Ok(Json(jobs.iter().map(|j| job_view(j, None)).collect()))
+    Ok(Json(
+        jobs.iter()
+            .map(|j| job_view(&st.automation, j, None))
+            .collect(),
+    ))
 }
 
 pub(super) async fn get_job(
@@ -143,7 +148,7 @@ pub(super) async fn get_job(
 ) -> Result<Json<JobDto>, ApiError> {
     let job = st.automation.job(&id).await?;
     let history = st.automation.transitions(&id).await?;
-    Ok(Json(job_view(&job, Some(&history))))
+    Ok(Json(job_view(&st.automation, &job, Some(&history))))
 }
 
 pub(super) async fn output(
@@ -303,11 +308,11 @@ pub(super) fn follow(
                     }
                 }
                 let _ = tx
-                    .send(
-                        Event::default()
-                            .event("status")
-                            .data(sse_json(&job_view(&job, None))),
-                    )
+                    .send(Event::default().event("status").data(sse_json(&job_view(
+                        &st.automation,
+                        &job,
+                        None,
+                    ))))
                     .await;
                 return;
             }
@@ -368,7 +373,7 @@ pub(super) async fn stop(
 ) -> Result<Json<JobDto>, ApiError> {
     st.automation.job(&id).await?;
     let job = st.automation.stop_job(&id).await?;
-    Ok(Json(job_view(&job, None)))
+    Ok(Json(job_view(&st.automation, &job, None)))
 }
 
 pub(super) async fn resume(
@@ -376,5 +381,5 @@ pub(super) async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<JobDto>, ApiError> {
     let job = st.automation.resume_job(&id).await?;
-    Ok(Json(job_view(&job, None)))
+    Ok(Json(job_view(&st.automation, &job, None)))
 }

@@ -185,5 +185,8 @@ pub(super) async fn start(
         .start_runbook(&name, &params, run_on, "admin")
         .await?;
     let job = st.automation.job(&id).await?;
-    Ok((StatusCode::CREATED, Json(job_view(&job, None))))
+    Ok((
+        StatusCode::CREATED,
+        Json(job_view(&st.automation, &job, None)),
+    ))
 }
