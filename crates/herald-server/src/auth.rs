@@ -221,7 +221,7 @@ async fn mask_for_job(state: &AppState, job_id: &str, resp: Response) -> Respons
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
         && let Some(value) = v.get("value").and_then(|v| v.as_str())
     {
-        state.automation.register_mask(job_id, value);
+        state.automation.register_mask(job_id, value).await;
     }
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }

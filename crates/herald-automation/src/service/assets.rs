@@ -112,7 +112,7 @@ impl AutomationService {
         };
         tracing::info!(job = %job.job_id, runbook = %job.runbook, asset = %rec.name, kind, "asset read by job");
         if rec.encrypted {
-            self.register_mask(&job.job_id, &value);
+            self.register_mask(&job.job_id, &value).await;
         }
         Ok(if kind == "credential" {
             json!({"name": rec.name, "username": rec.username, "password": value})

@@ -174,15 +174,12 @@ impl AutomationService {
         Ok(self.store().heartbeat_job(id, worker, until).await?)
     }
 
-    pub(super) fn to_stored(&self, id: &str, records: &[ReportedRecord]) -> Vec<StreamRecord> {
-        let masks = self
-            .inner
-            .masks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-            .unwrap_or_default();
+    pub(super) async fn to_stored(
+        &self,
+        id: &str,
+        records: &[ReportedRecord],
+    ) -> Vec<StreamRecord> {
+        let masks = self.masks_of(id).await;
         let now = now_ms();
         records
             .iter()
@@ -206,7 +203,7 @@ impl AutomationService {
     /// Stores a batch of a job's records (masked, within the job's stream cap);
     /// returns the last sequence number.
     pub async fn append(&self, id: &str, records: &[ReportedRecord]) -> Result<i64> {
-        let stored = self.to_stored(id, records);
+        let stored = self.to_stored(id, records).await;
         let seq = self
             .store()
             .append_records(id, &stored, JOB_STREAM_BYTES)

@@ -318,16 +318,38 @@ fn internal(e: impl std::fmt::Display) -> AutomationError {
     AutomationError::Internal(e.to_string())
 }
 
-/// A secret as it may appear in output: raw, and JSON-escaped (jobs get
-/// their inputs as JSON, so printing them shows the escaped form).
+/// A secret as it may appear in output: raw; JSON-escaped (jobs get their
+/// inputs as JSON, so printing them shows the escaped form); URL-escaped;
+/// base64 (standard and URL-safe, with and without padding); and hex
+/// (lower and upper case). Masking covers these encodings of the whole
+/// value, not a value embedded inside a larger encoded blob.
 pub fn mask_forms(value: &str) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
     let mut forms = vec![value.to_owned()];
     if let Ok(quoted) = serde_json::to_string(value) {
-        let escaped = quoted[1..quoted.len() - 1].to_owned();
-        if escaped != value {
-            forms.push(escaped);
-        }
+        forms.push(quoted[1..quoted.len() - 1].to_owned());
     }
+    // RFC 3986 keeps `-_.~` unescaped (curl, jq's @uri, JavaScript's
+    // encodeURIComponent keep a few more); some encoders escape all but
+    // alphanumerics; forms write spaces as `+`.
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    for set in [UNRESERVED, percent_encoding::NON_ALPHANUMERIC] {
+        let escaped = percent_encoding::utf8_percent_encode(value, set).to_string();
+        forms.push(escaped.replace("%20", "+"));
+        forms.push(escaped);
+    }
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(value));
+    }
+    forms.push(hex::encode(value));
+    forms.push(hex::encode_upper(value));
+    // Longest first, so a form that contains another is replaced whole.
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
     forms
 }
 
@@ -463,5 +485,31 @@ mod tests {
             mask("a s3cret-longer and s3cret", &masks),
             "a ***** and *****"
         );
+    }
+
+    #[test]
+    fn mask_forms_cover_the_usual_encodings() {
+        let v = "p@ss w/rd+é\"q";
+        let forms = mask_forms(v);
+        for want in [
+            v,
+            "p@ss w/rd+é\\\"q",             // JSON-escaped
+            "p%40ss%20w%2Frd%2B%C3%A9%22q", // URL-escaped
+            "p%40ss+w%2Frd%2B%C3%A9%22q",   // form-encoded
+            "cEBzcyB3L3JkK8OpInE=",         // base64
+            "cEBzcyB3L3JkK8OpInE",          // base64 without padding
+            "7040737320772f72642bc3a92271", // hex
+            "7040737320772F72642BC3A92271", // HEX
+        ] {
+            assert!(forms.iter().any(|f| f == want), "{want} not in {forms:?}");
+        }
+        let url_safe = mask_forms("\u{fb}\u{ff}");
+        assert!(url_safe.iter().any(|f| f == "w7vDvw=="), "{url_safe:?}");
+        assert!(
+            forms.windows(2).all(|w| w[0].len() >= w[1].len()),
+            "longest first"
+        );
+        let text = "a cEBzcyB3L3JkK8OpInE= b 7040737320772F72642BC3A92271 c";
+        assert_eq!(mask(text, &forms), "a ***** b ***** c");
     }
 }

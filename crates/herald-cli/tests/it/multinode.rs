@@ -758,3 +758,119 @@ async fn token_from(h: &Herald, tenant: &str, app_id: &str, secret: &str) -> Str
         .expect("access_token")
         .to_owned()
 }
+
+/// Issue 23 item 7: a job reads a secret through the node that does not run
+/// it and prints it raw and in the encodings masking covers; the node that
+/// records the output masks every form, because the values a job has read
+/// are part of the job's sealed state, not of one node's memory.
+#[tokio::test]
+async fn masking_holds_whichever_node_serves_the_secret() {
+    let Some(cluster) = Cluster::start(2, &["--sandbox", "none"]).await else {
+        return;
+    };
+    let (n0, n1) = (cluster.node(0), cluster.node(1));
+    const VALUE: &str = "p@ss w/rd+é-4f81c2";
+    api(
+        n0,
+        reqwest::Method::PUT,
+        "/secrets/db-password?api-version=7.6",
+        Some(json!({"value": VALUE})),
+    )
+    .await
+    .expect(200);
+    let script = r#"set -euo pipefail
+me="${HERALD_ADDR##*:}"
+a="$(jq -r .parameters.PortA "$HERALD_JOB_INPUT")"
+b="$(jq -r .parameters.PortB "$HERALD_JOB_INPUT")"
+if [ "$me" = "$a" ]; then other="$b"; else other="$a"; fi
+echo "running on $me, reading through $other"
+# Each node has its own CA; the other node is trusted for this test only.
+v="$(curl --http1.1 -sSf --insecure -H "Authorization: Bearer $HERALD_TOKEN" \
+  "https://localhost:$other/secrets/db-password?api-version=7.6" | jq -r .value)"
+sleep 1
+echo "raw: $v"
+jq -cn --arg v "$v" '{v: $v}'
+echo "url: $(jq -rn --arg v "$v" '$v | @uri')"
+echo "b64: $(printf '%s' "$v" | base64 -w0)"
+echo "b64url: $(printf '%s' "$v" | base64 -w0 | tr '+/' '-_' | tr -d '=')"
+echo "hex: $(printf '%s' "$v" | xxd -p | tr -d '\n')"
+echo "HEX: $(printf '%s' "$v" | xxd -p -u | tr -d '\n')"
+"#;
+    api(
+        n0,
+        reqwest::Method::PUT,
+        "/api/v1/automation/runbooks/leak",
+        Some(
+            json!({"runbookType": "Bash", "content": script, "publish": true,
+            "parameters": [{"name": "PortA"}, {"name": "PortB"}],
+            "permissions": [{"vault": "default", "actions": ["get"]}]}),
+        ),
+    )
+    .await
+    .expect(201);
+    let ports = json!({"PortA": cluster.nodes[0].as_ref().expect("up").port.to_string(),
+        "PortB": cluster.nodes[1].as_ref().expect("up").port.to_string()});
+    // Several jobs, so both nodes' workers run some of them.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let r = api(
+            n0,
+            reqwest::Method::POST,
+            "/api/v1/automation/runbooks/leak/start",
+            Some(json!({"parameters": ports})),
+        )
+        .await;
+        ids.push(
+            r.expect(201)["properties"]["jobId"]
+                .as_str()
+                .expect("jobId")
+                .to_owned(),
+        );
+    }
+    let forms = {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        vec![
+            VALUE.to_owned(),
+            STANDARD.encode(VALUE),
+            URL_SAFE_NO_PAD.encode(VALUE),
+            VALUE.bytes().map(|b| format!("{b:02x}")).collect(),
+            VALUE.bytes().map(|b| format!("{b:02X}")).collect(),
+            "p%40ss%20w%2Frd%2B%C3%A9-4f81c2".to_owned(),
+        ]
+    };
+    for id in &ids {
+        let path = format!("/api/v1/automation/jobs/{id}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let j = api(n1, reqwest::Method::GET, &path, None).await;
+            let status = j.json["properties"]["status"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            if status == "Completed" {
+                break;
+            }
+            assert!(
+                status != "Failed" && Instant::now() < deadline,
+                "job {id}: {} {}",
+                j.text,
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for h in [n0, n1] {
+            let out = api(h, reqwest::Method::GET, &format!("{path}/output"), None).await;
+            out.expect(200);
+            assert!(out.text.contains("reading through"), "{}", out.text);
+            for f in &forms {
+                assert!(
+                    !out.text.contains(f.as_str()),
+                    "{f} is in clear in {}",
+                    out.text
+                );
+            }
+            assert!(out.text.contains("raw: *****"), "{}", out.text);
+        }
+    }
+}

@@ -325,6 +325,12 @@ pub trait AutomationStore: Send + Sync {
     async fn put_job_token(&self, token_hash: &str, job_id: &str, expires_at: i64) -> Result<()>;
     async fn job_token(&self, token_hash: &str) -> Result<Option<(String, i64)>>;
 
+    // Masks: sealed values a job has read, kept until the job ends
+    /// Records one sealed mask value for a job; a repeat (same digest) is a no-op.
+    async fn add_job_mask(&self, job_id: &str, digest: &str, sealed: &[u8]) -> Result<()>;
+    /// The sealed mask values of a job.
+    async fn job_masks(&self, job_id: &str) -> Result<Vec<Vec<u8>>>;
+
     // Assets
     async fn put_asset(&self, asset: &AssetRecord) -> Result<()>;
     async fn asset(&self, key: &str) -> Result<Option<AssetRecord>>;

@@ -861,6 +861,10 @@ macro_rules! automation_store {
                                 .bind(&id)
                                 .execute(&mut *tx)
                                 .await?;
+                            sqlx::query("DELETE FROM job_masks WHERE job_id = $1")
+                                .bind(&id)
+                                .execute(&mut *tx)
+                                .await?;
                             Ok(true)
                         })
                     })
@@ -1092,6 +1096,34 @@ macro_rules! automation_store {
                     .fetch_all(self.reader())
                     .await?;
                     Ok(rows.into_iter().next())
+                }
+
+                async fn add_job_mask(&self, job_id: &str, digest: &str, sealed: &[u8]) -> Result<()> {
+                    let (job, digest, sealed) = (job_id.to_owned(), digest.to_owned(), sealed.to_vec());
+                    self.write(move |tx| -> BoxFuture<'_, Result<_>> {
+                        Box::pin(async move {
+                            sqlx::query(
+                                "INSERT INTO job_masks (job_id, digest, sealed) VALUES ($1, $2, $3) \
+                                 ON CONFLICT (job_id, digest) DO NOTHING",
+                            )
+                            .bind(&job)
+                            .bind(&digest)
+                            .bind(&sealed)
+                            .execute(&mut *tx)
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .await
+                }
+
+                async fn job_masks(&self, job_id: &str) -> Result<Vec<Vec<u8>>> {
+                    let rows: Vec<(Vec<u8>,)> =
+                        sqlx::query_as("SELECT sealed FROM job_masks WHERE job_id = $1")
+                            .bind(job_id)
+                            .fetch_all(self.reader())
+                            .await?;
+                    Ok(rows.into_iter().map(|(s,)| s).collect())
                 }
 
                 async fn put_asset(&self, a: &AssetRecord) -> Result<()> {
