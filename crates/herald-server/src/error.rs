@@ -78,6 +78,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+use herald_storage::{Violation, violation_in};
+
+impl ApiError {
+    /// Two writers raced for one key and this one lost.
+    fn conflict() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "Another request changed this resource at the same time; retry.",
+        )
+    }
+}
+
 impl From<herald_automation::AutomationError> for ApiError {
     fn from(e: herald_automation::AutomationError) -> Self {
         use herald_automation::AutomationError as E;
@@ -97,7 +110,14 @@ impl From<herald_automation::AutomationError> for ApiError {
             E::Webhook { code, message } => Self::new(StatusCode::BAD_REQUEST, code, message),
             E::RunbookGone(m) => Self::not_found("RunbookNotFound", m),
             E::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "Forbidden", m),
-            E::Storage(e) => Self::internal("using automation storage", e),
+            E::Storage(e) => match e.violation() {
+                Some(Violation::ForeignKey) => Self::not_found(
+                    "RunbookNotFound",
+                    "The runbook was deleted while this request ran.",
+                ),
+                Some(Violation::Unique) => Self::conflict(),
+                None => Self::internal("using automation storage", e),
+            },
             E::Internal(m) => Self::internal("running automation", m),
         }
     }
@@ -124,9 +144,14 @@ impl From<VaultError> for ApiError {
             VaultError::VaultExists(_) => {
                 Self::new(StatusCode::CONFLICT, "VaultAlreadyExists", msg)
             }
-            VaultError::Internal(cause) => {
-                Self::internal("serving a vault request", format!("{cause:#}"))
-            }
+            VaultError::Internal(cause) => match violation_in(cause.as_ref()) {
+                Some(Violation::ForeignKey) => Self::not_found(
+                    "VaultNotFound",
+                    "The vault was deleted while this request ran.",
+                ),
+                Some(Violation::Unique) => Self::conflict(),
+                None => Self::internal("serving a vault request", format!("{cause:#}")),
+            },
         }
     }
 }
@@ -141,7 +166,15 @@ impl From<herald_hubs::HubError> for ApiError {
             H::BadRequest(_) => Self::new(StatusCode::BAD_REQUEST, "BadRequest", msg),
             H::TooLarge(_) => Self::new(StatusCode::FORBIDDEN, "QuotaExceeded", msg),
             H::Unauthorized(_) => Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", msg),
-            H::Storage(cause) => Self::internal("serving a hubs request", cause),
+            H::Storage(cause) => match cause.violation() {
+                Some(Violation::ForeignKey) => Self::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "The parent entity was deleted while this request ran.",
+                ),
+                Some(Violation::Unique) => Self::conflict(),
+                None => Self::internal("serving a hubs request", cause),
+            },
             H::Internal(cause) => Self::internal("serving a hubs request", cause),
         }
     }
@@ -171,7 +204,15 @@ impl From<herald_router::RouterError> for ApiError {
                 "UnsupportedMediaType",
                 m,
             ),
-            R::Internal(cause) => Self::internal("serving an event request", format!("{cause:#}")),
+            R::Internal(cause) => match violation_in(cause.as_ref()) {
+                Some(Violation::ForeignKey) => Self::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "The topic was deleted while this request ran.",
+                ),
+                Some(Violation::Unique) => Self::conflict(),
+                None => Self::internal("serving an event request", format!("{cause:#}")),
+            },
         }
     }
 }
@@ -293,7 +334,15 @@ impl From<herald_identity::IdentityError> for ApiError {
             I::NotFound(_) => Self::not_found("NotFound", msg),
             I::Invalid(_) => Self::new(StatusCode::BAD_REQUEST, "BadRequest", msg),
             I::Conflict(_) => Self::new(StatusCode::CONFLICT, "Conflict", msg),
-            I::Storage(cause) => Self::internal("serving an identity request", cause),
+            I::Storage(cause) => match cause.violation() {
+                Some(Violation::ForeignKey) => Self::new(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    "The parent resource was deleted while this request ran.",
+                ),
+                Some(Violation::Unique) => Self::conflict(),
+                None => Self::internal("serving an identity request", cause),
+            },
             I::Internal(cause) => Self::internal("serving an identity request", cause),
         }
     }

@@ -49,6 +49,54 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// Which integrity rule a write broke, when it broke one. Races between a
+/// create and the delete of its parent (a subscription PUT while its topic
+/// is deleted) end in a foreign-key violation, which callers answer as the
+/// parent's 404, never as a 500; a unique violation is a 409 conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Violation {
+    /// The row's parent is gone.
+    ForeignKey,
+    /// Another row already holds the key.
+    Unique,
+}
+
+impl StorageError {
+    /// The integrity rule this error reports breaking, if any.
+    pub fn violation(&self) -> Option<Violation> {
+        let StorageError::Engine(sqlx::Error::Database(db)) = self else {
+            return None;
+        };
+        match db.kind() {
+            sqlx::error::ErrorKind::ForeignKeyViolation => Some(Violation::ForeignKey),
+            sqlx::error::ErrorKind::UniqueViolation => Some(Violation::Unique),
+            _ => None,
+        }
+    }
+}
+
+/// The integrity rule broken anywhere in an error's chain (domain errors
+/// wrap storage errors in `anyhow`).
+pub fn violation_in(err: &(dyn std::error::Error + 'static)) -> Option<Violation> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(s) = e.downcast_ref::<StorageError>()
+            && let Some(v) = s.violation()
+        {
+            return Some(v);
+        }
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+            match db.kind() {
+                sqlx::error::ErrorKind::ForeignKeyViolation => return Some(Violation::ForeignKey),
+                sqlx::error::ErrorKind::UniqueViolation => return Some(Violation::Unique),
+                _ => {}
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// How hard a commit pushes to disk. `Normal` survives a process crash
 /// (kill -9); `Full` also survives power loss at the price of an fsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

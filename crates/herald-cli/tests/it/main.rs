@@ -19,6 +19,7 @@ mod lifecycle;
 mod multinode;
 mod push_crash;
 mod quickstart;
+mod races;
 mod router_api;
 mod sealed_at_rest;
 mod security;
