@@ -157,8 +157,21 @@ pub struct JobSpec {
     /// Bytes kept per stream per job.
     pub stream_limit: usize,
     /// Parent of the per-job temp dir (`None` = system temp). With the
-    /// `rlimits` level as root it must be traversable by uid 65534.
+    /// `rlimits` level as root it must be traversable by uid 65534. It must
+    /// not lie inside one of `hidden`.
     pub work_root: Option<PathBuf>,
+    /// Paths the job must not see (the data dir, key files): covered by an
+    /// empty tmpfs (dirs) or `/dev/null` (files) in the job's mount
+    /// namespace at the `bwrap` and `unshare` levels. `rlimits` relies on
+    /// their modes (0700/0600, owned by the server) instead.
+    pub hidden: Vec<PathBuf>,
+    /// Where a note of the running attempt (pid, process group, work dir) is
+    /// kept while the job runs, so that the next start of the runner can
+    /// kill what a crash left behind and remove its work dir; see
+    /// [`reap_interrupted`]. Must not be readable or writable by jobs.
+    pub attempts_dir: Option<PathBuf>,
+    /// The worker running this attempt, kept in the attempt's note.
+    pub worker_id: String,
 }
 
 impl JobSpec {
@@ -185,6 +198,9 @@ impl JobSpec {
             memory_limit_mb: 512,
             stream_limit: 1024 * 1024,
             work_root: None,
+            hidden: Vec::new(),
+            attempts_dir: None,
+            worker_id: String::new(),
         }
     }
 }
@@ -209,6 +225,8 @@ impl std::fmt::Debug for JobSpec {
             .field("memory_limit_mb", &self.memory_limit_mb)
             .field("stream_limit", &self.stream_limit)
             .field("work_root", &self.work_root)
+            .field("hidden", &self.hidden)
+            .field("attempts_dir", &self.attempts_dir)
             .finish()
     }
 }
@@ -274,6 +292,9 @@ pub async fn run(
         };
     }
 
+    if level == SandboxLevel::None {
+        tracing::warn!(job_id = %spec.job_id, "job runs with sandbox \"none\": it can read the data dir, the master key and the server's files");
+    }
     let workdir = match prepare_workdir(&spec, level) {
         Ok(w) => w,
         Err(reason) => return failed(reason),
@@ -310,6 +331,7 @@ pub async fn run(
         }
     };
     let pid = child.id();
+    let note = pid.and_then(|p| note_attempt(&spec, p, &workdir.path));
     if let Some(pid) = pid {
         started(pid);
     }
@@ -341,6 +363,9 @@ pub async fn run(
     );
     drop(child);
     remove_workdir(workdir, &spec.job_id);
+    if let Some(note) = note {
+        let _ = std::fs::remove_file(note);
+    }
 
     let (end, status) = sup;
     let exit_code = status.as_ref().ok().and_then(|s| s.code());
@@ -455,6 +480,121 @@ async fn terminate(
 }
 
 // ---------------------------------------------------------------------------
+// Attempt notes: what a crash leaves behind is killed on the next start
+
+/// A note of a running attempt, kept in [`JobSpec::attempts_dir`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AttemptNote {
+    /// The job the attempt ran.
+    pub job_id: String,
+    /// The worker that held the attempt's lease.
+    pub worker_id: String,
+    /// pid of the spawned process, also its process group.
+    pub pid: i32,
+    /// The process's start time (field 22 of `/proc/<pid>/stat`), so a
+    /// recycled pid is not mistaken for it.
+    pub start_time: Option<u64>,
+    /// The boot the attempt ran in: after a reboot nothing of it is alive.
+    pub boot_id: Option<String>,
+    /// The attempt's work dir.
+    pub workdir: PathBuf,
+}
+
+fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parens: fields count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+fn note_attempt(spec: &JobSpec, pid: u32, workdir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = spec.attempts_dir.as_ref()?;
+    let pid = i32::try_from(pid).ok()?;
+    let note = AttemptNote {
+        job_id: spec.job_id.clone(),
+        worker_id: spec.worker_id.clone(),
+        pid,
+        start_time: proc_start_time(pid),
+        boot_id: boot_id(),
+        workdir: workdir.to_owned(),
+    };
+    let path = dir.join(format!("{}.json", sanitize(&spec.job_id)));
+    let written = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            let _ = std::fs::remove_file(&path);
+            write_private(&path, &serde_json::to_vec(&note).unwrap_or_default())
+        });
+    match written {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!(job_id = %spec.job_id, error = %e, "could not note the running attempt");
+            None
+        }
+    }
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Kills what is left of the attempts noted in `dir` (a previous run of the
+/// runner crashed while they ran) and removes their work dirs and notes.
+/// Returns the notes, so the caller can give up their leases at once.
+///
+/// Called before the runner leases anything. The process group is killed
+/// only if its leader is still the process noted (same boot, same start
+/// time) or gone; then the group can only hold the attempt's own leftovers.
+pub fn reap_interrupted(dir: &Path) -> Vec<AttemptNote> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let boot = boot_id();
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let note: Option<AttemptNote> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let _ = std::fs::remove_file(&path);
+        let Some(note) = note else { continue };
+        let same_boot = note.boot_id.is_some() && note.boot_id == boot;
+        let leader = proc_start_time(note.pid);
+        if same_boot && note.pid > 1 && (leader.is_none() || leader == note.start_time) {
+            let _ = killpg(Pid::from_raw(note.pid), Signal::SIGKILL);
+            if leader.is_some() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(note.pid), Signal::SIGKILL);
+            }
+        }
+        if note.workdir.is_absolute() && note.workdir.exists() {
+            make_removable(&note.workdir, 0);
+            if let Err(e) = std::fs::remove_dir_all(&note.workdir) {
+                tracing::warn!(job = %note.job_id, error = %e, dir = %note.workdir.display(), "could not remove an interrupted job's work dir");
+            }
+        }
+        tracing::warn!(job = %note.job_id, pid = note.pid, "killed the leftovers of a job attempt interrupted by a crash");
+        out.push(note);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
 // Work dir and command
 
 struct Workdir {
@@ -464,6 +604,9 @@ struct Workdir {
     script: PathBuf,
     input: PathBuf,
     wrapper: Option<PathBuf>,
+    /// A copy of the server's CA certificate, when the original lies in a
+    /// hidden path (the generated one lives in the data dir).
+    ca: Option<PathBuf>,
 }
 
 fn prepare_workdir(spec: &JobSpec, level: SandboxLevel) -> Result<Workdir, String> {
@@ -482,6 +625,14 @@ fn prepare_workdir(spec: &JobSpec, level: SandboxLevel) -> Result<Workdir, Strin
         .path()
         .canonicalize()
         .map_err(|e| format!("could not resolve the job's temp dir: {e}"))?;
+    if let Some(h) = spec.hidden.iter().find(|h| path.starts_with(h)) {
+        return Err(format!(
+            "the job's work dir {} lies inside {}, which jobs must not see; \
+             choose a work root outside the data dir",
+            path.display(),
+            h.display()
+        ));
+    }
 
     let script = path.join(format!("runbook.{}", spec.kind.file_extension()));
     write_private(&script, spec.script.as_bytes())?;
@@ -494,11 +645,24 @@ fn prepare_workdir(spec: &JobSpec, level: SandboxLevel) -> Result<Workdir, Strin
     } else {
         None
     };
+    // The job needs the CA to call the server, but the generated one sits in
+    // the (hidden) data dir: hand it a copy.
+    let ca = match spec.env.iter().find(|(k, _)| k == "HERALD_CACERT") {
+        Some((_, v)) if spec.hidden.iter().any(|h| Path::new(v).starts_with(h)) => {
+            let pem =
+                std::fs::read(v).map_err(|e| format!("could not read the server's CA {v}: {e}"))?;
+            let copy = path.join("herald-ca.pem");
+            write_private(&copy, &pem)?;
+            Some(copy)
+        }
+        _ => None,
+    };
 
     if level == SandboxLevel::Rlimits && sandbox::running_as_root() {
         // The job runs as nobody: give it its own dir and files.
         let mut paths = vec![path.clone(), script.clone(), input.clone()];
         paths.extend(wrapper.clone());
+        paths.extend(ca.clone());
         for p in &paths {
             std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY))
                 .map_err(|e| format!("could not hand {} to uid {NOBODY}: {e}", p.display()))?;
@@ -510,6 +674,7 @@ fn prepare_workdir(spec: &JobSpec, level: SandboxLevel) -> Result<Workdir, Strin
         script,
         input,
         wrapper,
+        ca,
     })
 }
 
@@ -635,8 +800,26 @@ async fn job_argv(
     let inner = interpreter_argv(spec, wd);
     let missing = |e: String| format!("the {level} sandbox is not usable: {e}");
     let mut argv: Vec<OsString> = Vec::new();
+    // The job dies with its runner: a parent-death SIGKILL (set by setpriv,
+    // since this crate has no unsafe code for a pre_exec prctl) on the
+    // process the runner spawns. At `rlimits` it is set after the uid
+    // switch, which would clear it; at `unshare` and `bwrap` that process is
+    // the wrapper, whose own --kill-child / --die-with-parent pass the kill on
+    // to the PID namespace, where the death of its init kills everything.
+    let pdeathsig = || -> Result<Vec<OsString>, String> {
+        Ok(vec![
+            sandbox::tool("setpriv").map_err(missing)?.into_os_string(),
+            "--pdeathsig".into(),
+            "KILL".into(),
+        ])
+    };
     match level {
-        SandboxLevel::None => {}
+        SandboxLevel::None => match pdeathsig() {
+            Ok(p) => argv.extend(p),
+            Err(e) => {
+                tracing::warn!(job_id = %spec.job_id, error = %e, "the job will not die with the server");
+            }
+        },
         SandboxLevel::Rlimits => {
             let root = sandbox::running_as_root();
             argv.extend(sandbox::setpriv_prefix(
@@ -652,10 +835,24 @@ async fn job_argv(
             ));
         }
         SandboxLevel::Unshare => {
+            argv.extend(pdeathsig()?);
             argv.push(sandbox::tool("unshare").map_err(missing)?.into_os_string());
             argv.extend(sandbox::unshare_options(
                 sandbox::unshare_mount_proc_works().await,
                 spec.allow_network,
+            ));
+            let keep: Vec<PathBuf> = spec
+                .path_dirs
+                .iter()
+                .filter(|p| !spec.hidden.iter().any(|h| p.starts_with(h)))
+                .cloned()
+                .collect();
+            argv.extend(sandbox::unshare_stage(
+                &sandbox::tool("sh").map_err(missing)?,
+                &sandbox::tool("mount").map_err(missing)?,
+                &wd.path,
+                &spec.hidden,
+                &keep,
             ));
             argv.extend(prlimit_argv(
                 spec,
@@ -664,19 +861,28 @@ async fn job_argv(
             ));
         }
         SandboxLevel::Bwrap => {
+            argv.extend(pdeathsig()?);
             argv.push(sandbox::tool("bwrap").map_err(missing)?.into_os_string());
             let wdir = wd.path.as_os_str();
-            for a in [
-                "--ro-bind",
-                "/",
-                "/",
-                "--dev",
-                "/dev",
-                "--proc",
-                "/proc",
-                "--tmpfs",
-                "/tmp",
-            ] {
+            for a in ["--ro-bind", "/", "/"] {
+                argv.push(a.into());
+            }
+            // The data dir and key files: an empty read-only tmpfs over each
+            // dir, /dev/null over each file (bwrap applies these in order,
+            // so the binds below still reach the work dir).
+            for h in &spec.hidden {
+                if h.is_dir() {
+                    argv.extend([OsString::from("--tmpfs"), h.clone().into_os_string()]);
+                    argv.extend([OsString::from("--remount-ro"), h.clone().into_os_string()]);
+                } else if h.exists() {
+                    argv.extend([
+                        OsString::from("--ro-bind"),
+                        "/dev/null".into(),
+                        h.clone().into_os_string(),
+                    ]);
+                }
+            }
+            for a in ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"] {
                 argv.push(a.into());
             }
             argv.extend([OsString::from("--bind"), wdir.to_owned(), wdir.to_owned()]);
@@ -689,7 +895,8 @@ async fn job_argv(
                 .map(|(_, v)| std::path::PathBuf::from(v))
                 .chain(spec.path_dirs.iter().cloned());
             for p in handed {
-                if p.starts_with("/tmp") && p.exists() && !wd.path.starts_with(&p) {
+                let hidden = spec.hidden.iter().any(|h| p.starts_with(h));
+                if p.starts_with("/tmp") && !hidden && p.exists() && !wd.path.starts_with(&p) {
                     argv.extend([
                         OsString::from("--ro-bind"),
                         p.clone().into_os_string(),
@@ -723,6 +930,12 @@ async fn job_argv(
 fn job_env(spec: &JobSpec, wd: &Workdir) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = Vec::new();
     for (k, v) in &spec.env {
+        if k == "HERALD_CACERT"
+            && let Some(ca) = &wd.ca
+        {
+            env.push((k.into(), ca.as_os_str().to_owned()));
+            continue;
+        }
         if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
             tracing::warn!(job_id = %spec.job_id, name = %k.replace('\0', "\\0"), "skipping an invalid environment variable");
             continue;
@@ -1544,6 +1757,7 @@ pwd; echo "HOME=$HOME"
             script: PathBuf::from("/w/runbook.ps1"),
             input: PathBuf::from("/w/input.json"),
             wrapper: Some(PathBuf::from("/w/herald-wrapper.ps1")),
+            ca: None,
         };
         let spec = JobSpec::new("p", RunbookKind::Pwsh, PathBuf::from("/usr/bin/pwsh"), "");
         let argv = interpreter_argv(&spec, &wd);
@@ -1612,6 +1826,137 @@ echo err >&2
                 t.elapsed()
             );
         }
+    }
+
+    /// A fake data dir as the server leaves it: 0700, keys and database 0600.
+    fn fake_data_dir() -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::Builder::new()
+            .prefix("herald-data-")
+            .tempdir()
+            .expect("tempdir");
+        let d = dir.path();
+        std::fs::create_dir(d.join("tls")).expect("tls dir");
+        for f in ["master.key", "herald.db", "tls/ca.key", "tls/server.key"] {
+            write_private(&d.join(f), b"SECRET-CONTENT\n").expect("write");
+        }
+        std::fs::write(d.join("tls/ca.pem"), b"PUBLIC-CA\n").expect("ca");
+        for p in [d.to_path_buf(), d.join("tls")] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        }
+        dir
+    }
+
+    /// What a hostile runbook tries: find the data dir by searching, read
+    /// the keys and the database, write into the data dir, read the
+    /// server's environment. Prints one line per success.
+    const ESCAPE_SCRIPT: &str = r#"
+d=$(sed -n 's/.*"dataDir":"\([^"]*\)".*/\1/p' "$HERALD_JOB_INPUT")
+p=$(sed -n 's/.*"serverPid":\([0-9]*\).*/\1/p' "$HERALD_JOB_INPUT")
+for f in $( (find /tmp -maxdepth 3 \( -name master.key -o -name herald.db -o -name ca.key -o -name server.key \) 2>/dev/null; for n in master.key herald.db tls/ca.key tls/server.key; do echo "$d/$n"; done) | sort -u); do
+  if grep -q SECRET-CONTENT "$f" 2>/dev/null; then echo "READ $f"; fi
+done
+if echo x > "$d/planted" 2>/dev/null; then echo "WROTE $d/planted"; fi
+if echo x > "$d/tls/planted" 2>/dev/null; then echo "WROTE $d/tls/planted"; fi
+if echo x > /usr/herald-planted 2>/dev/null; then echo "WROTE /usr"; rm -f /usr/herald-planted; fi
+if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -q '^CARGO'; then echo "ENV server"; fi
+echo "ca=$(cat "$HERALD_CACERT" 2>/dev/null)"
+echo end
+"#;
+
+    fn escape_spec(data: &Path) -> JobSpec {
+        let mut spec = bash_spec(ESCAPE_SCRIPT);
+        spec.input_json = serde_json::json!({
+            "dataDir": data.display().to_string(),
+            "serverPid": std::process::id(),
+        })
+        .to_string();
+        spec.env = vec![(
+            "HERALD_CACERT".into(),
+            data.join("tls/ca.pem").display().to_string(),
+        )];
+        spec.hidden = vec![data.to_path_buf()];
+        spec
+    }
+
+    /// Issue 23.1: at every level but `none` a job neither reads nor writes
+    /// the data dir nor reads the server's environment; `none` shows the test
+    /// would see it. The job still gets the CA it needs.
+    #[tokio::test]
+    async fn jobs_cannot_reach_the_data_dir() {
+        let data = fake_data_dir();
+        let data_path = data.path().canonicalize().expect("canonical");
+        for level in SandboxLevel::STRONGEST_FIRST {
+            if let Err(e) = sandbox::probe(level.as_str()).await {
+                eprintln!("skipped: level {level}: {e}");
+                continue;
+            }
+            let (res, recs) = run_collect(escape_spec(&data_path), level).await;
+            let out = texts(&recs, StreamType::Output);
+            assert_eq!(res.outcome, Outcome::Completed, "{level}: {recs:?}");
+            assert_eq!(
+                out.last().map(String::as_str),
+                Some("end"),
+                "{level}: {out:?}"
+            );
+            assert!(out.contains(&"ca=PUBLIC-CA".to_owned()), "{level}: {out:?}");
+            let escaped: Vec<&String> = out
+                .iter()
+                .filter(|l| l.starts_with("READ") || l.starts_with("WROTE") || l.starts_with("ENV"))
+                .collect();
+            if level == SandboxLevel::None {
+                // Sanity: uncontained, the same script does get in (as root
+                // it also writes anywhere).
+                assert!(escaped.iter().any(|l| l.contains("master.key")), "{out:?}");
+                assert!(escaped.iter().any(|l| l.starts_with("WROTE")), "{out:?}");
+            } else {
+                assert!(escaped.is_empty(), "{level} let the job out: {escaped:?}");
+            }
+            let _ = std::fs::remove_file(data_path.join("planted"));
+            let _ = std::fs::remove_file(data_path.join("tls/planted"));
+        }
+    }
+
+    /// Issue 23.3: an attempt note is written while the job runs, and
+    /// `reap_interrupted` kills a job (and its escaped-by-group children)
+    /// whose runner died, and removes its work dir.
+    #[tokio::test]
+    async fn interrupted_attempts_are_reaped() {
+        let attempts = tempfile::tempdir().expect("tempdir");
+        let mut spec = bash_spec("sleep 60 & echo started; sleep 60");
+        spec.attempts_dir = Some(attempts.path().to_path_buf());
+        spec.worker_id = "w1".into();
+        let (tx, mut rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        let job = tokio::spawn(run(spec, SandboxLevel::None, tx, stop.clone(), |_| {}));
+        let first = rx.recv().await.expect("a record");
+        assert_eq!(first.text, "started");
+        let notes: Vec<_> = std::fs::read_dir(attempts.path())
+            .expect("dir")
+            .flatten()
+            .collect();
+        assert_eq!(notes.len(), 1);
+        // Pretend the runner crashed: reap while the job runs (a runner
+        // reaps before it runs anything, so this only stands in for that).
+        let reaped = reap_interrupted(attempts.path());
+        assert_eq!(reaped.len(), 1);
+        assert_eq!(reaped[0].job_id, "job-test");
+        assert_eq!(reaped[0].worker_id, "w1");
+        assert!(!reaped[0].workdir.exists(), "work dir removed");
+        let pid = reaped[0].pid;
+        let res = tokio::time::timeout(Duration::from_secs(3), job)
+            .await
+            .expect("the job died at once")
+            .expect("join");
+        assert_eq!(
+            res.outcome,
+            Outcome::Failed {
+                reason: "killed by signal SIGKILL".into()
+            }
+        );
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z"), "{stat}");
+        assert!(reap_interrupted(attempts.path()).is_empty());
     }
 
     /// Spawn overhead per level: `cargo test -p herald-automation --lib

@@ -30,6 +30,13 @@ pub trait JobHost: Send + Sync + 'static {
     async fn append(&self, job_id: &str, records: Vec<ReportedRecord>) -> anyhow::Result<()>;
     /// Reports how the job ended, with its last records.
     async fn finish(&self, job_id: &str, report: JobReport) -> anyhow::Result<()>;
+    /// Gives up `worker`'s lease of a job whose attempt was interrupted by a
+    /// crash of this runner (its leftovers are already killed), so its token
+    /// dies and the job is re-queued at once rather than when the lease
+    /// lapses. Hosts that cannot do it leave the lease to lapse.
+    async fn abandon(&self, _job_id: &str, _worker_id: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Lets the host stop a job at once (in-process hosts).
     fn watch_stop(&self, _job_id: &str, _stop: &CancellationToken) {}
     /// Drops what [`JobHost::watch_stop`] registered, once the job has ended.
@@ -53,6 +60,13 @@ pub struct RunnerConfig {
     pub work_root: Option<PathBuf>,
     /// How often running jobs send heartbeats (and the pool duty's period).
     pub heartbeat: Duration,
+    /// Paths jobs must not see (the data dir, key files); see
+    /// [`JobSpec::hidden`].
+    pub hidden: Vec<PathBuf>,
+    /// Where notes of running attempts are kept, so a restart after a crash
+    /// kills their leftovers; see [`exec::reap_interrupted`]. Jobs must not
+    /// reach it (put it in the data dir).
+    pub attempts_dir: Option<PathBuf>,
 }
 
 /// A worker pool as a duty of the node that hosts it (the built-in pool
@@ -66,6 +80,15 @@ pub fn pool_duty(host: Arc<dyn JobHost>, cfg: RunnerConfig) -> herald_core::duty
 /// Runs jobs until `shutdown`. Jobs still running then are left to their
 /// leases: they lapse and the jobs are re-queued, as after a crash.
 pub async fn run(host: Arc<dyn JobHost>, cfg: RunnerConfig, shutdown: CancellationToken) {
+    // Before leasing anything: what a crash of the previous run left running
+    // dies now, so no two attempts of a job are ever alive together.
+    if let Some(dir) = &cfg.attempts_dir {
+        for note in exec::reap_interrupted(dir) {
+            if let Err(e) = host.abandon(&note.job_id, &note.worker_id).await {
+                tracing::warn!(job = %note.job_id, error = %e, "giving up an interrupted attempt's lease failed; it will lapse");
+            }
+        }
+    }
     let slots = Arc::new(Semaphore::new(cfg.slots.max(1)));
     let cfg = Arc::new(cfg);
     tracing::info!(worker = %cfg.worker_id, slots = cfg.slots, sandbox = %cfg.level, "worker started");
@@ -118,6 +141,11 @@ async fn run_one(host: &dyn JobHost, cfg: &RunnerConfig, job: LeasedJob) {
         }
         return;
     };
+    let leased_at = tokio::time::Instant::now();
+    let lease = match job.lease_ms {
+        0 => Duration::from_secs(30),
+        ms => Duration::from_millis(ms),
+    };
     let stop = CancellationToken::new();
     host.watch_stop(&id, &stop);
     let mut env = cfg.env.clone();
@@ -132,12 +160,17 @@ async fn run_one(host: &dyn JobHost, cfg: &RunnerConfig, job: LeasedJob) {
         env,
         path_dirs: cfg.path_dirs.clone(),
         timeout: Duration::from_secs(job.timeout_seconds),
-        grace: Duration::from_secs(5),
+        // Short enough that a job stopped for a lost renewal (at half the
+        // lease) is dead by three quarters of it.
+        grace: Duration::from_secs(5).min(lease / 4),
         masks: job.masks,
         allow_network: job.allow_network,
         memory_limit_mb: job.memory_limit_mb,
         stream_limit: STREAM_LIMIT,
         work_root: cfg.work_root.clone(),
+        hidden: cfg.hidden.clone(),
+        attempts_dir: cfg.attempts_dir.clone(),
+        worker_id: cfg.worker_id.clone(),
     };
 
     let (tx, rx) = mpsc::channel::<Record>(1024);
@@ -145,20 +178,37 @@ async fn run_one(host: &dyn JobHost, cfg: &RunnerConfig, job: LeasedJob) {
     let lost = CancellationToken::new();
     let collector = collect(host, &id, rx);
     let heartbeats = async {
-        let mut tick = tokio::time::interval(cfg.heartbeat);
+        // Renewals are timed from before they are sent: the server's lease
+        // runs from when it handled the request, which is later.
+        let mut renewed = leased_at;
+        let mut tick = tokio::time::interval(cfg.heartbeat.min(lease / 4));
         tick.tick().await;
         loop {
             tick.tick().await;
-            match host.heartbeat(&id).await {
-                Ok(Some(s)) if s == "Stopping" => stop.cancel(),
-                Ok(Some(_)) => {}
-                Ok(None) => {
+            let sent = tokio::time::Instant::now();
+            let beat = tokio::time::timeout(lease / 4, host.heartbeat(&id)).await;
+            match beat {
+                Ok(Ok(Some(s))) => {
+                    renewed = sent;
+                    if s == "Stopping" {
+                        stop.cancel();
+                    }
+                }
+                Ok(Ok(None)) => {
                     tracing::warn!(job = %id, "lease lost; stopping the job");
                     lost.cancel();
                     stop.cancel();
                 }
-                // A server blip: keep running, the lease has slack.
-                Err(e) => tracing::warn!(job = %id, error = %e, "heartbeat failed"),
+                Ok(Err(e)) => tracing::warn!(job = %id, error = %e, "heartbeat failed"),
+                Err(_) => tracing::warn!(job = %id, "heartbeat timed out"),
+            }
+            // A server blip is ridden out, but only for half the lease: the
+            // job must be dead before its lease can lapse and be given to
+            // another worker, or two attempts would run at once.
+            if renewed.elapsed() >= lease / 2 && !lost.is_cancelled() {
+                tracing::warn!(job = %id, "the lease could not be renewed for half its length; killing the job before it lapses");
+                lost.cancel();
+                stop.cancel();
             }
         }
     };
@@ -310,11 +360,130 @@ impl JobHost for LocalHost {
         Ok(())
     }
 
+    async fn abandon(&self, job_id: &str, worker_id: &str) -> anyhow::Result<()> {
+        self.service.abandon_lease(job_id, worker_id).await?;
+        Ok(())
+    }
+
     fn watch_stop(&self, job_id: &str, stop: &CancellationToken) {
         self.service.register_local_stop(job_id, stop.clone());
     }
 
     fn forget_stop(&self, job_id: &str) {
         self.service.forget_local_stop(job_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::RunbookKind;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    /// A server that leased one job and then became unreachable: every
+    /// heartbeat fails.
+    #[derive(Default)]
+    struct Unreachable {
+        leased: Mutex<bool>,
+        finished: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl JobHost for Unreachable {
+        async fn lease(
+            &self,
+            _n: i64,
+            shutdown: &CancellationToken,
+        ) -> anyhow::Result<Vec<LeasedJob>> {
+            let first = !std::mem::replace(
+                &mut *self.leased.lock().unwrap_or_else(|p| p.into_inner()),
+                true,
+            );
+            if !first {
+                shutdown.cancelled().await;
+                return Ok(Vec::new());
+            }
+            Ok(vec![LeasedJob {
+                job_id: "j1".into(),
+                runbook: "rb".into(),
+                kind: RunbookKind::Bash,
+                script: "echo started; sleep 60".into(),
+                input: "{}".into(),
+                token: "hjt_x".into(),
+                timeout_seconds: 120,
+                allow_network: false,
+                memory_limit_mb: 0,
+                masks: Vec::new(),
+                lease_ms: 2000,
+            }])
+        }
+        async fn started(&self, _job_id: &str, _sandbox: &str) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn heartbeat(&self, _job_id: &str) -> anyhow::Result<Option<String>> {
+            Err(anyhow::anyhow!("connection refused"))
+        }
+        async fn append(&self, _job_id: &str, _records: Vec<ReportedRecord>) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn finish(&self, job_id: &str, _report: JobReport) -> anyhow::Result<()> {
+            self.finished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(job_id.to_owned());
+            Ok(())
+        }
+    }
+
+    /// Issue 23.3: a worker that cannot renew its lease kills its job before
+    /// the lease (2 s here) could lapse and the job be given to another.
+    #[tokio::test]
+    async fn unrenewable_lease_kills_the_job_before_it_lapses() {
+        let attempts = tempfile::tempdir().expect("tempdir");
+        let host = Arc::new(Unreachable::default());
+        let cfg = RunnerConfig {
+            worker_id: "w".into(),
+            slots: 1,
+            level: SandboxLevel::None,
+            env: Vec::new(),
+            path_dirs: Vec::new(),
+            work_root: None,
+            heartbeat: Duration::from_millis(200),
+            hidden: Vec::new(),
+            attempts_dir: Some(attempts.path().to_path_buf()),
+        };
+        let shutdown = CancellationToken::new();
+        let t = Instant::now();
+        let worker = tokio::spawn(run(host.clone(), cfg, shutdown.clone()));
+        // The attempt's note exists while the job runs and goes with it.
+        let mut seen_note = false;
+        let mut gone_at = None;
+        while t.elapsed() < Duration::from_secs(5) {
+            let n = std::fs::read_dir(attempts.path())
+                .map(|d| d.count())
+                .unwrap_or(0);
+            if n > 0 {
+                seen_note = true;
+            } else if seen_note {
+                gone_at = Some(t.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        let _ = worker.await;
+        assert!(seen_note, "the running attempt was noted");
+        let gone_at = gone_at.expect("the job was killed");
+        // Half the lease to decide, at most a quarter to die: within 2 s.
+        assert!(gone_at < Duration::from_millis(2000), "{gone_at:?}");
+        assert!(gone_at >= Duration::from_millis(900), "{gone_at:?}");
+        // The worker does not report it: the lease is left to lapse.
+        assert!(
+            host.finished
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+        );
     }
 }

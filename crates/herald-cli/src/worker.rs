@@ -213,6 +213,8 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             path_dirs,
             work_root: None,
             heartbeat: Duration::from_secs(2),
+            hidden: Vec::new(),
+            attempts_dir: None,
         },
         shutdown,
     )

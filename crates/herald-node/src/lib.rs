@@ -66,6 +66,7 @@ impl Node {
         let addr = listener.local_addr()?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        restrict_data_dir(&config.data_dir)?;
         let durability = if config.durability == "full" {
             Durability::Full
         } else {
@@ -116,6 +117,8 @@ impl Node {
             }
         };
         let tls = TlsAcceptor::from(herald_server::tls::server_config(&cert, &key)?);
+        // Again now that storage, keys and certificates exist.
+        restrict_data_dir(&config.data_dir)?;
 
         let urls = VaultUrls {
             base: config.vault_base.clone(),
@@ -228,6 +231,11 @@ impl Node {
                 "choosing the job sandbox (set sandbox = \"auto\" to use the best available)",
             )?;
         tracing::info!(sandbox = %sandbox, runbook_types = ?herald_automation::sandbox::available_kinds(), "job sandbox chosen");
+        if sandbox == herald_automation::sandbox::SandboxLevel::None {
+            tracing::warn!(
+                "sandbox = \"none\": jobs run uncontained and can read the data dir, the master key and the database (dev only)"
+            );
+        }
 
         let info = StartInfo {
             addr,
@@ -409,5 +417,51 @@ fn local_runner_config(
         path_dirs,
         work_root: None,
         heartbeat: Duration::from_secs((state.config.automation_lease_secs / 3).max(1)),
+        hidden: job_hidden_paths(&state.config),
+        // In the data dir, which jobs cannot see.
+        attempts_dir: Some(state.config.data_dir.join("job-attempts")),
     }
+}
+
+/// What jobs must not see: the data dir (master key, database, TLS keys,
+/// blobs) and a configured TLS key kept elsewhere.
+fn job_hidden_paths(config: &Config) -> Vec<std::path::PathBuf> {
+    [Some(&config.data_dir), config.tls_key.as_ref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect()
+}
+
+/// Makes the data dir the server's alone, whatever the umask: 0700 for it
+/// and its `tls` dir, 0600 for the master key, the SQLite files and the TLS
+/// keys. At the `rlimits` sandbox level this is what keeps a job (uid 65534)
+/// out; at the others it is a second wall.
+fn restrict_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let set = |p: &std::path::Path, mode: u32| -> anyhow::Result<()> {
+        match std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow::anyhow!(
+                "cannot restrict {} to {mode:o}: {e}",
+                p.display()
+            )),
+        }
+    };
+    set(dir, 0o700)?;
+    set(&dir.join("tls"), 0o700)?;
+    for f in [
+        "master.key",
+        "herald.db",
+        "herald.db-wal",
+        "herald.db-shm",
+        "herald.db-journal",
+    ] {
+        set(&dir.join(f), 0o600)?;
+    }
+    for f in ["ca.key", "server.key"] {
+        set(&dir.join("tls").join(f), 0o600)?;
+    }
+    Ok(())
 }

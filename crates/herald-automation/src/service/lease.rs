@@ -151,6 +151,7 @@ impl AutomationService {
             allow_network: settings.allow_network,
             memory_limit_mb: settings.memory_limit_mb,
             masks,
+            lease_ms: self.inner.settings.lease.as_millis() as u64,
         })
     }
 

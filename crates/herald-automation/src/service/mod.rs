@@ -157,6 +157,11 @@ pub struct LeasedJob {
     pub memory_limit_mb: u64,
     /// Values the worker masks in every record (secure parameters).
     pub masks: Vec<String>,
+    /// How long the lease lasts after each renewal, in ms: a worker that
+    /// cannot renew kills its job well within it, before the job can be
+    /// leased to anyone else. 0 (an older server): the worker assumes 30 s.
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 /// A job who called with its token.

@@ -20,6 +20,12 @@ impl AutomationService {
         if job.status.is_final() {
             return Ok(None);
         }
+        // A token belongs to one attempt: once that attempt's lease has
+        // lapsed (its worker or server died) the token is dead, even in the
+        // moments before the sweep re-queues the job and deletes it.
+        if job.lease_until.is_none_or(|l| l < now_ms()) {
+            return Ok(None);
+        }
         let permissions = match self.store().runbook_by_id(&job.runbook_id).await? {
             Some(rb) => {
                 serde_json::from_str::<RunbookSettings>(&rb.settings)
@@ -33,6 +39,18 @@ impl AutomationService {
             runbook: job.runbook_name,
             permissions,
         }))
+    }
+
+    /// Gives up `worker`'s lease of `job_id` at once because its process is
+    /// known to be dead (found at start, killed): the attempt's tokens die
+    /// now and the next sweep re-queues the job.
+    pub async fn abandon_lease(&self, job_id: &str, worker: &str) -> Result<bool> {
+        let done = self.store().abandon_lease(job_id, worker, now_ms()).await?;
+        if done {
+            tracing::warn!(job = %job_id, worker, "interrupted job attempt abandoned; the job is re-queued");
+            self.changed(job_id);
+        }
+        Ok(done)
     }
 
     /// Hides `value` in the job's future stream records, on every node:

@@ -15,6 +15,7 @@ mod helpers;
 mod hub_crash;
 mod hubs;
 mod identity;
+mod job_containment;
 mod lifecycle;
 mod multinode;
 mod push_crash;

@@ -324,6 +324,11 @@ pub trait AutomationStore: Send + Sync {
     // Job tokens
     async fn put_job_token(&self, token_hash: &str, job_id: &str, expires_at: i64) -> Result<()>;
     async fn job_token(&self, token_hash: &str) -> Result<Option<(String, i64)>>;
+    /// Gives up `worker`'s lease of an active job at once (its process is
+    /// known dead): the lease lapses at `now` so the next sweep re-queues the
+    /// job, and the attempt's tokens are deleted now. `false` if `worker` did
+    /// not hold the job.
+    async fn abandon_lease(&self, job_id: &str, worker: &str, now: i64) -> Result<bool>;
 
     // Masks: sealed values a job has read, kept until the job ends
     /// Records one sealed mask value for a job; a repeat (same digest) is a no-op.

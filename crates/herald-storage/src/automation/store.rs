@@ -1088,6 +1088,32 @@ macro_rules! automation_store {
                     .await
                 }
 
+                async fn abandon_lease(&self, job_id: &str, worker: &str, now: i64) -> Result<bool> {
+                    let (job, worker) = (job_id.to_owned(), worker.to_owned());
+                    self.write(move |tx| -> BoxFuture<'_, Result<_>> {
+                        Box::pin(async move {
+                            let done = sqlx::query(&format!(
+                                "UPDATE jobs SET lease_until = $1 \
+                                 WHERE id = $2 AND worker = $3 AND status IN {ACTIVE}"
+                            ))
+                            .bind(now - 1)
+                            .bind(&job)
+                            .bind(&worker)
+                            .execute(&mut *tx)
+                            .await?;
+                            if done.rows_affected() != 1 {
+                                return Ok(false);
+                            }
+                            sqlx::query("DELETE FROM job_tokens WHERE job_id = $1")
+                                .bind(&job)
+                                .execute(&mut *tx)
+                                .await?;
+                            Ok(true)
+                        })
+                    })
+                    .await
+                }
+
                 async fn job_token(&self, token_hash: &str) -> Result<Option<(String, i64)>> {
                     let rows: Vec<(String, i64)> = sqlx::query_as(
                         "SELECT job_id, expires_at FROM job_tokens WHERE token_hash = $1",
