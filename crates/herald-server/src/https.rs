@@ -194,11 +194,23 @@ pub async fn serve(
             let _permit = match permit {
                 Slot::Now(p) => p,
                 Slot::Wait(w, slots) => {
-                    let got = tokio::time::timeout(SLOT_WAIT, slots.acquire_owned()).await;
+                    // The victim may itself have been a connection still
+                    // waiting for a slot (so nothing frees): ask again every
+                    // quarter second until the wait is over.
+                    let deadline = tokio::time::Instant::now() + SLOT_WAIT;
+                    let got = loop {
+                        let step = (tokio::time::Instant::now() + SLOT_WAIT / 8).min(deadline);
+                        match tokio::time::timeout_at(step, slots.clone().acquire_owned()).await {
+                            Ok(Ok(p)) => break Some(p),
+                            Ok(Err(_)) => break None,
+                            Err(_) if step >= deadline || conn.evict.is_cancelled() => break None,
+                            Err(_) => shared.registry.evict_quietest(conn.id),
+                        }
+                    };
                     drop(w);
                     match got {
-                        Ok(Ok(p)) => p,
-                        _ => {
+                        Some(p) => p,
+                        None => {
                             tracing::debug!(%peer, "connection closed: no free slot");
                             return;
                         }

@@ -198,3 +198,82 @@ async fn a_slow_request_head_is_cut_at_the_head_timeout() {
         started.elapsed()
     );
 }
+
+/// The reported failure: with 256 file descriptors, a few hundred idle
+/// connections made `/healthz` time out for everyone. Now the derived cap
+/// (140 at 256) keeps descriptors free and the quietest idle connection
+/// makes room for a fresh client.
+#[tokio::test]
+async fn a_server_with_256_fds_still_serves_past_300_idle_connections() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("prlimit not installed: skipped");
+        return;
+    }
+    let data = tempfile::tempdir().expect("data dir");
+    let port = crate::binary::free_port();
+    let log = data.path().join("stderr.log");
+    let mut child = tokio::process::Command::new("prlimit")
+        .args(["--nofile=256:256", "--"])
+        .arg(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data.path().join("d"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--amqp-listen", "off", "--sandbox", "none"])
+        .env("HERALD_ADMIN_TOKEN", TOKEN)
+        .env("HERALD_REQUEST_HEAD_TIMEOUT_MS", "60000")
+        .env_remove("HERALD_CONFIG")
+        .env_remove("HERALD_DATABASE")
+        .env_remove("HERALD_DATA_DIR")
+        .env_remove("HERALD_LISTEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start herald under prlimit");
+    let ca = data.path().join("d").join("tls").join("ca.pem");
+    let url = format!("https://localhost:{port}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            child.try_wait().expect("poll").is_none(),
+            "herald exited: {}",
+            crate::binary::tail(&log)
+        );
+        if let Ok(pem) = std::fs::read(&ca)
+            && reqwest::Certificate::from_pem(&pem).is_ok()
+            && client_for(&ca).get(&url).send().await.is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "herald never became healthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // More idle connections than the process has descriptors; the head
+    // timeout is a minute, so only the cap protects the server here.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        let fresh = client_for(&ca);
+        let r = tokio::time::timeout(Duration::from_secs(3), fresh.get(&url).send())
+            .await
+            .expect("/healthz answers within 3 s with 300 idle connections")
+            .unwrap_or_else(|e| panic!("{e}: {}", crate::binary::tail(&log)));
+        assert_eq!(r.status(), 200);
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !text.contains("accept failed"),
+        "the server ran out of descriptors:\n{text}"
+    );
+    drop(idle);
+}
