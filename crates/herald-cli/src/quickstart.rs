@@ -228,7 +228,12 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
         vault_origin: format!("https://{vault_host}:{}", info.addr.port()),
         token: token.clone(),
     };
-    let result = play(&api, &steps).await;
+    // Ctrl-C or SIGTERM at any point stops the server and removes the temp
+    // data dir (dropping `temp`) instead of leaving it behind.
+    let result = tokio::select! {
+        r = play(&api, &steps) => r,
+        _ = crate::serve::signal_received() => Err(anyhow!("interrupted")),
+    };
     match (&result, args.keep) {
         (Ok(()), true) => {
             println!("\nHerald keeps running (Ctrl-C stops it). Explore with the CLI:");
@@ -239,10 +244,13 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
             println!("  herald job list");
             println!("  herald secret versions {SECRET} --vault {VAULT}");
             println!("  vault URI: {}/", api.vault_origin);
-            if let Some(t) = temp {
-                let _ = t.keep();
+            if let Some(t) = &temp {
+                println!(
+                    "  data dir {} is removed when Herald stops",
+                    t.path().display()
+                );
             }
-            let _ = tokio::signal::ctrl_c().await;
+            crate::serve::signal_received().await;
         }
         (Ok(()), false) => {
             println!(
@@ -254,6 +262,8 @@ pub(crate) async fn run(args: QuickstartArgs) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), serving).await;
+    // The server has let go of its files: now the temp dir can go.
+    drop(temp);
     result
 }
 

@@ -35,10 +35,13 @@ pub(crate) struct Meta {
 
 #[derive(Subcommand)]
 pub(crate) enum SecretCmd {
-    /// Set a secret (creates a new version). VALUE "-" reads stdin.
+    /// Set a secret (creates a new version)
     Set {
         name: String,
-        value: String,
+        /// The value; "-" reads stdin, "@PATH" reads a file; omitted, it is
+        /// prompted for without echo (or read from stdin when piped). Values
+        /// on the command line show up in `ps` and shell history.
+        value: Option<String>,
         #[command(flatten)]
         meta: Meta,
         /// Create the version disabled
@@ -212,6 +215,31 @@ async fn list_all(vc: &crate::client::VaultClient, path: &str) -> anyhow::Result
     }
 }
 
+/// A secret value from argv, stdin (`-`), a file (`@PATH`) or, when none
+/// is given, a prompt that does not echo.
+fn secret_value(arg: Option<&str>) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    match arg {
+        Some("-") => read_stdin(),
+        Some(a) => match a.strip_prefix('@') {
+            // Kept byte for byte: PEM files and the like end in a newline
+            // that belongs to them.
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the secret value from {path}: {e}")),
+            None => Ok(a.to_owned()),
+        },
+        None if std::io::stdin().is_terminal() => Ok(rpassword::prompt_password("secret value: ")?),
+        None => read_stdin(),
+    }
+}
+
+/// All of stdin, less trailing newlines (`echo VALUE |` adds one).
+fn read_stdin() -> anyhow::Result<String> {
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s)?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_owned())
+}
+
 pub(crate) async fn run(cmd: SecretCmd) -> anyhow::Result<()> {
     match cmd {
         SecretCmd::Set {
@@ -221,13 +249,7 @@ pub(crate) async fn run(cmd: SecretCmd) -> anyhow::Result<()> {
             disabled,
             target,
         } => {
-            let value = if value == "-" {
-                let mut s = String::new();
-                std::io::stdin().read_to_string(&mut s)?;
-                s.trim_end_matches('\n').to_owned()
-            } else {
-                value
-            };
+            let value = secret_value(value.as_deref())?;
             let mut body = Map::new();
             body.insert("value".into(), json!(value));
             body_meta(&meta, &mut body, disabled.then_some(false))?;

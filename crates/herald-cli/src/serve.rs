@@ -125,6 +125,10 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) herald_bin: Option<PathBuf>,
+    /// HTTPS connections served at once [default: 80% of the open-file limit less a reserve]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_connections: Option<usize>,
     /// Log format: text or json [default: text]; level via RUST_LOG
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,8 +150,12 @@ pub(crate) fn init_logging_with(level: &str) {
 }
 
 fn install(format: &str, filter: tracing_subscriber::EnvFilter) {
+    use std::io::IsTerminal;
+    // Colour codes only for a person at a terminal: in files, journald or a
+    // pipe they are noise that breaks grep.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().try_init()
@@ -192,6 +200,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn wait_for_signal(shutdown: CancellationToken) {
+    signal_received().await;
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM.
+pub(crate) async fn signal_received() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -199,7 +214,6 @@ async fn wait_for_signal(shutdown: CancellationToken) {
             Ok(s) => s,
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;
-                shutdown.cancel();
                 return;
             }
         };
@@ -210,6 +224,4 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutdown signal received");
-    shutdown.cancel();
 }

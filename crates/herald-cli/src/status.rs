@@ -148,12 +148,20 @@ pub(crate) async fn login(args: LoginArgs) -> anyhow::Result<()> {
     let token = match std::env::var("HERALD_TOKEN") {
         Ok(t) if !args.token_stdin => t,
         _ => {
-            if !args.token_stdin {
-                eprintln!("admin token (printed by `herald serve` at first start), then Enter:");
+            use std::io::IsTerminal;
+            if !args.token_stdin && std::io::stdin().is_terminal() {
+                // Read from the terminal without echo: the admin token must
+                // not end up on screen, in scrollback or a screen recording.
+                rpassword::prompt_password(
+                    "admin token (printed by `herald serve` at first start): ",
+                )?
+                .trim()
+                .to_owned()
+            } else {
+                let mut s = String::new();
+                std::io::stdin().read_line(&mut s)?;
+                s.trim().to_owned()
             }
-            let mut s = String::new();
-            std::io::stdin().read_line(&mut s)?;
-            s.trim().to_owned()
         }
     };
     if token.is_empty() {

@@ -9,6 +9,7 @@
 
 mod amqp;
 mod bootstrap;
+mod datalock;
 mod duties;
 mod resolver;
 mod wakeups;
@@ -52,6 +53,8 @@ pub struct StartInfo {
 
 /// One Herald node, built and ready to serve.
 pub struct Node {
+    /// Held until the node stops: one server per embedded data dir.
+    data_lock: Option<datalock::DataDirLock>,
     listener: TcpListener,
     amqp: Vec<herald_amqp::AmqpListener>,
     state: AppState,
@@ -64,9 +67,18 @@ impl Node {
     /// listener, so tests can bind port 0 and read the port back.
     pub async fn build(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
+        // Every connection is a file descriptor: use what the hard limit
+        // allows before the connection cap is derived from it.
+        let fd_limit = herald_server::https::raise_fd_limit();
+        tracing::debug!(?fd_limit, "open-file limit");
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
         restrict_data_dir(&config.data_dir)?;
+        let data_lock = if config.database_url().starts_with("sqlite:") {
+            Some(datalock::acquire(&config.data_dir, addr)?)
+        } else {
+            None
+        };
         let durability = if config.durability == "full" {
             Durability::Full
         } else {
@@ -230,11 +242,26 @@ impl Node {
             .context(
                 "choosing the job sandbox (set sandbox = \"auto\" to use the best available)",
             )?;
-        tracing::info!(sandbox = %sandbox, runbook_types = ?herald_automation::sandbox::available_kinds(), "job sandbox chosen");
-        if sandbox == herald_automation::sandbox::SandboxLevel::None {
-            tracing::warn!(
-                "sandbox = \"none\": jobs run uncontained and can read the data dir, the master key and the database (dev only)"
-            );
+        let kinds = herald_automation::sandbox::available_kinds();
+        match sandbox {
+            herald_automation::sandbox::SandboxLevel::Bwrap => {
+                tracing::info!(sandbox = %sandbox, runbook_types = ?kinds, "job sandbox in force: bubblewrap (own namespaces, read-only root, data dir hidden)");
+            }
+            herald_automation::sandbox::SandboxLevel::None => {
+                tracing::warn!(
+                    sandbox = %sandbox,
+                    runbook_types = ?kinds,
+                    "sandbox = \"none\": jobs run uncontained and can read the data dir, the master key and the database (dev only); install bubblewrap and use --sandbox auto"
+                );
+            }
+            _ => {
+                // Say how to get the strongest isolation, once, where operators look.
+                tracing::info!(
+                    sandbox = %sandbox,
+                    runbook_types = ?kinds,
+                    "job sandbox in force: {sandbox}, weaker than bubblewrap; for the strongest, install bubblewrap (e.g. apt install bubblewrap) and run with --sandbox auto or bwrap"
+                );
+            }
         }
 
         let info = StartInfo {
@@ -301,6 +328,7 @@ impl Node {
         info.amqp_addr = amqp_addrs[0];
         info.amqp_plain_addr = amqp_addrs[1];
         Ok(Self {
+            data_lock,
             listener,
             amqp,
             state,
@@ -313,6 +341,7 @@ impl Node {
     /// then drains open connections and waits for the duties to stop.
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
+            data_lock,
             listener,
             amqp,
             state,
@@ -330,15 +359,17 @@ impl Node {
         }
         let duties = duties::start(node_duties(&state, &info), &state.storage, &shutdown);
         let amqp_tasks: Vec<_> = amqp.into_iter().map(|l| tokio::spawn(l.serve())).collect();
+        let limits = herald_server::https::Limits::from_config(&state.config);
         let app = herald_server::api::router(state);
         tracing::info!(url = %info.url, storage = info.storage, data_dir = %info.data_dir.display(), "herald is listening");
-        herald_server::https::serve(listener, tls, app, shutdown).await;
+        herald_server::https::serve(listener, tls, app, shutdown, limits).await;
         for task in amqp_tasks {
             let _ = task.await;
         }
         for duty in duties {
             let _ = duty.await;
         }
+        drop(data_lock);
         tracing::info!("herald stopped");
         Ok(())
     }

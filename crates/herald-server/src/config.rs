@@ -80,6 +80,17 @@ pub struct Config {
     pub tenant_id: Option<String>,
     /// Lifetime of access tokens from the token endpoint, in seconds.
     pub token_lifetime_secs: i64,
+    /// HTTPS connections served at once; unset = 80 % of the open-file
+    /// limit less a reserve. At the cap the quietest connection is closed
+    /// to make room.
+    pub max_connections: Option<usize>,
+    /// The TLS handshake must finish within this, in ms.
+    pub handshake_timeout_ms: u64,
+    /// A request head must arrive within this of its first byte (and the
+    /// first request within this of the handshake), in ms.
+    pub request_head_timeout_ms: u64,
+    /// A connection with no request in flight is closed after this, in ms.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -120,6 +131,11 @@ impl Default for Config {
             tenant_id: None,
             // Entra ID's default lifetime for app tokens is about an hour.
             token_lifetime_secs: 3600,
+            max_connections: None,
+            handshake_timeout_ms: 10_000,
+            request_head_timeout_ms: 10_000,
+            // nginx's keepalive_timeout.
+            idle_timeout_ms: 75_000,
         }
     }
 }
@@ -277,6 +293,18 @@ impl Config {
             return bad(format!(
                 "tenant_id '{t}' must be a GUID or a name of letters, digits, '-' and '.'"
             ));
+        }
+        if self.max_connections == Some(0) {
+            return bad("max_connections must be at least 1".into());
+        }
+        for (key, ms) in [
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("request_head_timeout_ms", self.request_head_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if !(1..=86_400_000).contains(&ms) {
+                return bad(format!("{key} must be 1..86400000 (a day)"));
+            }
         }
         if let Some(db) = &self.database
             && !["sqlite://", "postgres://", "postgresql://"]

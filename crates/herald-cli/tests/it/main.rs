@@ -9,6 +9,8 @@ mod automation;
 mod automation_flow;
 mod binary;
 mod blob;
+mod cli_conventions;
+mod connections;
 mod delivery;
 mod durability;
 mod helpers;
