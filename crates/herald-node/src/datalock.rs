@@ -22,7 +22,9 @@ pub(crate) fn acquire(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<DataD
     let path = data_dir.join("herald.lock");
     // Not truncated on open: the holder's PID and address must survive a
     // second server's attempt.
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
+        .mode(0o600)
         .read(true)
         .write(true)
         .create(true)
