@@ -251,7 +251,7 @@ impl Node {
                 tracing::warn!(
                     sandbox = %sandbox,
                     runbook_types = ?kinds,
-                    "sandbox = \"none\": jobs run uncontained and can read the data dir, the master key and the database (dev only); install bubblewrap and use --sandbox auto"
+                    "job sandbox in force: none (sandbox = \"none\"): jobs run uncontained and can read the data dir, the master key and the database (dev only); install bubblewrap and use --sandbox auto"
                 );
             }
             _ => {
