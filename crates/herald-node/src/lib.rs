@@ -284,6 +284,7 @@ impl Node {
             delivery,
             tokens: Arc::new(TokenCache::default()),
             vaults: Arc::new(VaultCache::default()),
+            metrics_cache: Arc::default(),
             tenant_id: tenant_id.into(),
             metrics: herald_server::metrics_setup::handle(),
             automation,

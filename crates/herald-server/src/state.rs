@@ -25,6 +25,9 @@ pub struct AppState {
     pub identity: herald_identity::IdentityService,
     pub blob: herald_blob::service::BlobService,
     pub sandbox: herald_automation::sandbox::SandboxLevel,
+    /// The storage-backed part of `/metrics`, rendered at most once a second
+    /// however often it is scraped.
+    pub metrics_cache: Arc<MetricsCache>,
     /// Cancelled when the server stops; long polls end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -57,3 +60,12 @@ impl VaultCache {
         }
     }
 }
+
+/// The last rendering of the durable event counters, with when it was made.
+#[derive(Default)]
+pub struct MetricsCache {
+    pub rendered: tokio::sync::Mutex<Option<(Instant, Arc<str>)>>,
+}
+
+/// How long a rendering of the event counters is served again.
+pub const METRICS_TTL: Duration = Duration::from_secs(1);

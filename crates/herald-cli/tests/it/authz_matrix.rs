@@ -334,7 +334,7 @@ fn rows(w: &World) -> Vec<Row> {
         // --- status and system ---
         row("status.rs GET /", Mgmt("/status"), "", None, Admin, m(200)),
         row("system.rs GET /healthz", Root, "/healthz", None, Public, [200; 6]),
-        row("system.rs GET /metrics", Root, "/metrics", None, Public, [200; 6]),
+        row("system.rs GET /metrics", Root, "/metrics", None, Admin, m(200)),
         row("system.rs GET /herald/ca.pem", Root, "/herald/ca.pem", None, Public, [200; 6]),
         // --- identity: public by design (the token endpoint checks the form) ---
         row("identity.rs GET /{tenant}/v2.0/.well-known/openid-configuration", Root, format!("/{t}/v2.0/.well-known/openid-configuration"), None, Public, [200; 6]),

@@ -80,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1/hubs", hubs::router())
         .nest("/api/v1/principals", principals::router())
         .nest("/api/v1/storage/accounts", storage_accounts::router())
+        .merge(system::metrics_router())
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::admin_auth,

@@ -1,4 +1,6 @@
-//! Unauthenticated operational endpoints: health, metrics, the CA file.
+//! Operational endpoints: health and the CA file (unauthenticated), and
+//! metrics (behind the admin token: they name every topic and
+//! subscription).
 
 use crate::state::AppState;
 use axum::Router;
@@ -10,8 +12,12 @@ use axum::routing::get;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .route("/herald/ca.pem", get(ca_pem))
+}
+
+/// `/metrics`, mounted under the admin token's check.
+pub fn metrics_router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
 }
 
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
@@ -26,12 +32,28 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut text = state.metrics.render();
-    // The Events-tab counters are durable and shared by all nodes, so they
-    // are read from storage rather than kept per process.
-    if let Err(e) = render_event_counters(&state, &mut text).await {
+    text.push_str(&event_counters(&state).await);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// The Events-tab counters are durable and shared by all nodes, so they
+/// are read from storage rather than kept per process. That costs queries
+/// per topic and subscription, so a rendering is reused for a second:
+/// frequent scrapes then cost the publish path nothing.
+async fn event_counters(state: &AppState) -> std::sync::Arc<str> {
+    let mut cached = state.metrics_cache.rendered.lock().await;
+    if let Some((at, text)) = cached.as_ref()
+        && at.elapsed() < crate::state::METRICS_TTL
+    {
+        return text.clone();
+    }
+    let mut text = String::new();
+    if let Err(e) = render_event_counters(state, &mut text).await {
         tracing::error!(error = %e, "reading event counters for /metrics failed");
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    let text: std::sync::Arc<str> = text.into();
+    *cached = Some((std::time::Instant::now(), text.clone()));
+    text
 }
 
 fn label(v: &str) -> String {
