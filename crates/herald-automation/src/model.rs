@@ -222,6 +222,10 @@ pub struct RunbookSettings {
     /// What the runbook's jobs may do in vaults; nothing when empty.
     #[serde(default)]
     pub permissions: Vec<Permission>,
+    /// The Automation assets (variables and credentials) its jobs may
+    /// read, by name, or `*` for all; none when empty.
+    #[serde(default)]
+    pub assets: Vec<String>,
 }
 
 impl Default for RunbookSettings {
@@ -234,6 +238,7 @@ impl Default for RunbookSettings {
             log_verbose: true,
             log_progress: true,
             permissions: Vec::new(),
+            assets: Vec::new(),
         }
     }
 }
@@ -297,6 +302,17 @@ impl RunbookSettings {
                 }
             }
             self.permissions = perms;
+        }
+        if let Some(v) = body.get("assets").filter(|v| !v.is_null()) {
+            let names: Vec<String> = serde_json::from_value(v.clone()).map_err(|_| {
+                Invalid("'assets' must be a list of asset names like [\"MyAzureCredential\"], or [\"*\"]".into())
+            })?;
+            for n in &names {
+                if n != "*" {
+                    parse_name("asset", n)?;
+                }
+            }
+            self.assets = names;
         }
         Ok(())
     }

@@ -30,6 +30,9 @@ pub(crate) enum RunbookCmd {
         /// Vault permission for its jobs: VAULT:ACTION[,ACTION] e.g. payments:get,set (repeatable)
         #[arg(long = "allow", value_name = "VAULT:ACTIONS")]
         allow: Vec<String>,
+        /// An Automation asset its jobs may read, by name, or * for all (repeatable)
+        #[arg(long = "asset", value_name = "NAME")]
+        assets: Vec<String>,
         /// Job timeout in seconds [default: 3600]
         #[arg(long)]
         timeout: Option<u64>,
@@ -354,6 +357,7 @@ pub(crate) async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
             file,
             params,
             allow,
+            assets,
             timeout,
             max_concurrent,
             description,
@@ -366,6 +370,7 @@ pub(crate) async fn run_runbook(cmd: RunbookCmd) -> anyhow::Result<()> {
                 "content": read_file(&file)?,
                 "parameters": params.iter().map(|p| param_decl(p)).collect::<anyhow::Result<Vec<_>>>()?,
                 "permissions": permissions(&allow)?,
+                "assets": assets,
                 "publish": publish,
             });
             if let Some(t) = timeout {

@@ -96,6 +96,17 @@ impl AutomationService {
     /// An asset's value for a running job: audited and masked from then on.
     pub async fn asset_for_job(&self, job: &JobPrincipal, name: &str) -> Result<Value> {
         key_of("asset", name)?;
+        // Checked before the lookup, so a job cannot probe which assets exist.
+        if !job
+            .assets
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(name))
+        {
+            return Err(AutomationError::Forbidden(format!(
+                "runbook '{}' may not read asset '{name}': name it in the runbook's assets (herald runbook create ... --asset {name})",
+                job.runbook
+            )));
+        }
         let (kind, rec) = match self.store().asset(&asset_key("credential", name)).await? {
             Some(r) => ("credential", r),
             None => ("variable", self.asset("variable", name).await?),

@@ -173,6 +173,8 @@ pub struct JobPrincipal {
     pub runbook: String,
     /// What the runbook's jobs may do in vaults.
     pub permissions: Vec<Permission>,
+    /// The assets the runbook's jobs may read (names or `*`).
+    pub assets: Vec<String>,
 }
 
 /// What a webhook call produced.

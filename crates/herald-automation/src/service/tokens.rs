@@ -26,18 +26,16 @@ impl AutomationService {
         if job.lease_until.is_none_or(|l| l < now_ms()) {
             return Ok(None);
         }
-        let permissions = match self.store().runbook_by_id(&job.runbook_id).await? {
-            Some(rb) => {
-                serde_json::from_str::<RunbookSettings>(&rb.settings)
-                    .unwrap_or_default()
-                    .permissions
-            }
-            None => Vec::new(),
+        let settings = match self.store().runbook_by_id(&job.runbook_id).await? {
+            Some(rb) => serde_json::from_str::<RunbookSettings>(&rb.settings).unwrap_or_default(),
+            // No runbook, no rights.
+            None => RunbookSettings::default(),
         };
         Ok(Some(JobPrincipal {
             job_id,
             runbook: job.runbook_name,
-            permissions,
+            permissions: settings.permissions,
+            assets: settings.assets,
         }))
     }
 

@@ -327,7 +327,7 @@ fn rows(w: &World) -> Vec<Row> {
         row("automation/mod.rs POST /jobs/{id}/records", au, "/jobs/00000000-0000-0000-0000-00000000dead/records", Some(json!({"workerId": "w1"})), Admin, m(409)),
         row("automation/mod.rs POST /jobs/{id}/finish", au, "/jobs/00000000-0000-0000-0000-00000000dead/finish", Some(json!({"workerId": "w1"})), Admin, m(400)),
         // A job reads assets with its own token and nothing else.
-        row("automation/job_token.rs GET /api/v1/automation/job/assets/{name}", Root, "/api/v1/automation/job/assets/nosuch", None, Job, [401, 401, 404, 401, 401, 404]),
+        row("automation/job_token.rs GET /api/v1/automation/job/assets/{name}", Root, "/api/v1/automation/job/assets/nosuch", None, Job, [401, 401, 403, 401, 401, 403]),
         // The webhook URL is the credential; headers do not matter.
         row("webhooks.rs POST /webhooks", Root, "/webhooks?token=wrong", None, WebhookUrl, [400, 400, 400, 400, 400, 202]),
         row("webhooks.rs OPTIONS /webhooks", Root, "/webhooks?token=wrong", None, WebhookUrl, [400, 400, 400, 400, 400, 200]),

@@ -1766,17 +1766,20 @@ async fn assets_hide_secrets_from_the_api_and_from_job_streams() {
 
     // A job reads them with its token; its streams mask the secret ones.
     let get = "curl -sS --cacert \"$HERALD_CACERT\" -H \"Authorization: Bearer $HERALD_TOKEN\" \"$HERALD_ADDR/api/v1/automation/job/assets";
-    runbook(
+    runbook_with(
         &app,
         "reader",
-        &format!(
-            "V=$({get}/dbpw\")\necho \"var: $V\"\n\
-             C=$({get}/svc\")\necho \"cred: $C\"\n\
-             P=$({get}/region\")\necho \"plain: $P\"\n\
-             echo \"err: $V\" >&2\n\
-             N=$(curl -s -o /dev/null -w '%{{http_code}}' --cacert \"$HERALD_CACERT\" \"$HERALD_ADDR/api/v1/automation/job/assets/dbpw\")\n\
-             echo \"no token: $N\"\n"
-        ),
+        json!({
+            "content": format!(
+                "V=$({get}/dbpw\")\necho \"var: $V\"\n\
+                 C=$({get}/svc\")\necho \"cred: $C\"\n\
+                 P=$({get}/region\")\necho \"plain: $P\"\n\
+                 echo \"err: $V\" >&2\n\
+                 N=$(curl -s -o /dev/null -w '%{{http_code}}' --cacert \"$HERALD_CACERT\" \"$HERALD_ADDR/api/v1/automation/job/assets/dbpw\")\n\
+                 echo \"no token: $N\"\n"
+            ),
+            "assets": ["dbpw", "SVC", "region"],
+        }),
     )
     .await;
     let id = start(&app, "reader", json!({})).await;
@@ -1817,6 +1820,39 @@ async fn assets_hide_secrets_from_the_api_and_from_job_streams() {
         .await;
     assert_eq!(r.status, 401, "{}", r.text);
     assert!(!r.text.contains(enc));
+
+    // A runbook reads only the assets it names: others answer 403, whether
+    // they exist or not, and nothing of their value.
+    runbook_with(
+        &app,
+        "nosy",
+        json!({
+            "content": format!(
+                "for a in dbpw svc nosuch region; do\n\
+                 echo \"$a: $(curl -s -o /dev/null -w '%{{http_code}}' --cacert \"$HERALD_CACERT\" -H \"Authorization: Bearer $HERALD_TOKEN\" \"$HERALD_ADDR/api/v1/automation/job/assets/$a\")\"\n\
+                 done\nR=$({get}/region\")\necho \"plain: $R\"\n"
+            ),
+            "assets": ["region"],
+        }),
+    )
+    .await;
+    let id = start(&app, "nosy", json!({})).await;
+    wait_for_status(&app, &id, "Completed", WAIT).await;
+    let out = output(&app, &id).await;
+    for want in ["dbpw: 403", "svc: 403", "nosuch: 403", "region: 200"] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert!(out.contains("westeurope-plain"), "{out}");
+    let shown = auto(&app, Method::GET, "/runbooks/nosy", None).await;
+    assert_eq!(shown.expect(200)["properties"]["assets"], json!(["region"]));
+    let bad = auto(
+        &app,
+        Method::PUT,
+        "/runbooks/bad-assets",
+        Some(json!({"runbookType": "bash", "content": "true", "assets": "dbpw"})),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
 }
 
 #[tokio::test]
@@ -2649,12 +2685,15 @@ async fn fetched_secret_needing_json_escapes_is_masked_in_record_values() {
     )
     .await
     .expect(200);
-    runbook(
+    runbook_with(
         &app,
         "leaky",
-        "V=$(curl -sS --cacert \"$HERALD_CACERT\" -H \"Authorization: Bearer $HERALD_TOKEN\" \"$HERALD_ADDR/api/v1/automation/job/assets/qv\")\n\
-         echo \"{\\\"stream\\\":\\\"Warning\\\",\\\"text\\\":\\\"asset\\\",\\\"value\\\":$V}\" >&3\n\
-         echo fetched",
+        json!({
+            "content": "V=$(curl -sS --cacert \"$HERALD_CACERT\" -H \"Authorization: Bearer $HERALD_TOKEN\" \"$HERALD_ADDR/api/v1/automation/job/assets/qv\")\n\
+                        echo \"{\\\"stream\\\":\\\"Warning\\\",\\\"text\\\":\\\"asset\\\",\\\"value\\\":$V}\" >&3\n\
+                        echo fetched",
+            "assets": ["qv"],
+        }),
     )
     .await;
     let id = start(&app, "leaky", json!({})).await;
@@ -2696,6 +2735,7 @@ async fn secrets_printed_in_json_escaped_form_are_masked() {
             "content": "cat \"$HERALD_JOB_INPUT\"; echo\n\
                         curl -sS --cacert \"$HERALD_CACERT\" -H \"Authorization: Bearer $HERALD_TOKEN\" \"$HERALD_ADDR/api/v1/automation/job/assets/qv\"; echo",
             "parameters": [{ "name": "Pw", "secure": true }],
+            "assets": ["qv"],
         }),
     )
     .await;

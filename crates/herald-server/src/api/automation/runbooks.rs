@@ -30,6 +30,7 @@ pub(super) struct RunbookProperties {
     memory_limit_mb: u64,
     parameters: Vec<ParamDecl>,
     permissions: Vec<herald_automation::model::Permission>,
+    assets: Vec<String>,
     published_version: Option<i64>,
     runbook_type: String,
     state: &'static str,
@@ -55,6 +56,7 @@ pub(super) fn runbook_view(rb: &RunbookRecord) -> RunbookDto {
             memory_limit_mb: settings.memory_limit_mb,
             parameters,
             permissions: settings.permissions,
+            assets: settings.assets,
             published_version: rb.published_version,
             runbook_type: rb.kind.clone(),
             state: if rb.published_version.is_some() {
