@@ -1063,14 +1063,20 @@ async fn scenario_assets_and_workers(s: &dyn AutomationStore) {
 
 macro_rules! both_engines {
     ($name:ident, $scenario:ident) => {
-        #[tokio::test]
-        async fn $name() {
-            let (_dir, sqlite) = common::sqlite().await;
-            $scenario(&sqlite).await;
-            if let Some(pg) = common::postgres().await {
-                $scenario(&pg).await;
-            } else {
-                eprintln!("PostgreSQL not configured: ran on SQLite only");
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                let (_dir, sqlite) = common::sqlite().await;
+                super::$scenario(&sqlite).await;
+            }
+
+            #[tokio::test]
+            #[ignore = "needs PostgreSQL: set HERALD_TEST_DATABASE_URL and pass --include-ignored (see README)"]
+            async fn postgres() {
+                let pg = common::postgres().await.expect("PostgreSQL is configured");
+                super::$scenario(&pg).await;
             }
         }
     };
@@ -1104,6 +1110,7 @@ fn pick(a: &Arc<PgStorage>, b: &Arc<PgStorage>, i: usize) -> Arc<PgStorage> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set HERALD_TEST_DATABASE_URL and pass --include-ignored (see README)"]
 async fn pg_claimers_never_share_a_job() {
     let Some((a, b)) = pg_nodes().await else {
         return;
@@ -1148,6 +1155,7 @@ async fn pg_claimers_never_share_a_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set HERALD_TEST_DATABASE_URL and pass --include-ignored (see README)"]
 async fn pg_concurrency_cap_holds_across_nodes() {
     let Some((a, b)) = pg_nodes().await else {
         return;
@@ -1220,6 +1228,7 @@ async fn pg_concurrency_cap_holds_across_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set HERALD_TEST_DATABASE_URL and pass --include-ignored (see README)"]
 async fn pg_racing_idempotency_keys_agree_on_one_job() {
     let Some((a, b)) = pg_nodes().await else {
         return;
@@ -1278,6 +1287,7 @@ async fn pg_racing_idempotency_keys_agree_on_one_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set HERALD_TEST_DATABASE_URL and pass --include-ignored (see README)"]
 async fn pg_lease_sweeps_never_double_process() {
     let Some((a, b)) = pg_nodes().await else {
         return;
@@ -1327,6 +1337,7 @@ async fn pg_lease_sweeps_never_double_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set HERALD_TEST_DATABASE_URL and pass --include-ignored (see README)"]
 async fn pg_lease_holder_and_sweeper_race() {
     // A worker finishing (or heart-beating) while a sweeper expires its
     // lease: exactly one of them wins, and the history stays consistent.
@@ -1389,6 +1400,7 @@ async fn pg_lease_holder_and_sweeper_race() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set HERALD_TEST_DATABASE_URL and pass --include-ignored (see README)"]
 async fn pg_concurrent_appends_and_transitions_keep_sequences() {
     let Some((a, b)) = pg_nodes().await else {
         return;
@@ -1455,6 +1467,7 @@ async fn pg_concurrent_appends_and_transitions_keep_sequences() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set HERALD_TEST_DATABASE_URL and pass --include-ignored (see README)"]
 async fn pg_new_jobs_wake_other_nodes() {
     let Some((a, b)) = pg_nodes().await else {
         return;

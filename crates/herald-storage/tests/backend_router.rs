@@ -1621,6 +1621,7 @@ macro_rules! on_both_engines {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[ignore = "needs PostgreSQL: set HERALD_TEST_DATABASE_URL and pass --include-ignored (see README)"]
             async fn postgres() {
                 let Some(s) = common::postgres().await else {
                     eprintln!("no PostgreSQL configured (HERALD_TEST_DATABASE_URL); skipped");
@@ -1651,6 +1652,7 @@ on_both_engines!(
 /// PostgreSQL only: an append on one node wakes the others (NOTIFY sent in
 /// the append's transaction, `topic:<id>`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set HERALD_TEST_DATABASE_URL and pass --include-ignored (see README)"]
 async fn postgres_append_wakes_other_nodes() {
     let Some(url) = common::fresh_pg_url().await else {
         eprintln!("no PostgreSQL configured (HERALD_TEST_DATABASE_URL); skipped");

@@ -13,8 +13,15 @@ pub fn pg_url() -> Option<String> {
     if let Ok(u) = std::env::var("HERALD_TEST_DATABASE_URL") {
         return Some(u);
     }
-    (std::env::var("CI").as_deref() == Ok("true"))
-        .then(|| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    if std::env::var("CI").as_deref() == Ok("true") {
+        return Some("postgres://postgres@127.0.0.1:5432/test".to_owned());
+    }
+    // Only PostgreSQL tests call this, and they are `#[ignore]`d unless
+    // asked for: asked for without a server is a failure, never an `ok`.
+    panic!(
+        "this test needs PostgreSQL: set HERALD_TEST_DATABASE_URL=postgres://USER@HOST/DB \
+         (or run without --include-ignored to skip it)"
+    )
 }
 
 pub async fn sqlite() -> (tempfile::TempDir, SqliteStorage) {
